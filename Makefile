@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VAE := $(VENV)/bin/vae
+STAMP := $(VENV)/.installed
+DEMO := demo
+
+.PHONY: venv demo test test-slow test-container lint protos protos-check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing later can resolve a CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(DEMO)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-container: $(STAMP)
+	$(PY) -m pytest -q -m container
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check trainer exporter service client vae_cli bench tests || true
+	$(VENV)/bin/mypy service exporter client
+
+protos: $(STAMP)
+	$(PY) protos/generate.py
+
+protos-check: $(STAMP)
+	$(PY) protos/generate.py --check
+
+bench: $(STAMP)
+	set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+
+clean:
+	rm -rf $(VENV) $(DEMO) .bench
