@@ -26,6 +26,10 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     # Fixed standard deviation of the "gaussian" likelihood (sigma = 1/sqrt(2) gives MSE up to a constant).
     sigma: float = 0.1
+    # conv only: residual blocks per stage (encoder and decoder), and an optional fully connected layer of
+    # this width between the conv features and the latent heads (0 = none).
+    res_blocks: int = 0
+    dense: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,6 +58,7 @@ class TrainConfig:
     data: str = "digits"  # file, folder, or "digits" (scikit-learn's bundled digits)
     out_dir: str = "runs/default"
     val_fraction: float = 0.1
+    split: str = "random"  # random (seeded permutation) | tail (the last val_fraction is validation)
     seed: int = 0
     epochs: int = 10
     batch_size: int = 128
@@ -79,9 +84,14 @@ class TrainConfig:
     active_threshold: float = 0.01
     collapse_fraction: float = 0.1
     collapse_kl: float = 0.1
-    mi_samples: int = 1
+    mi_points: int = 1000  # validation images used by the MI estimate (O(N^2) cost)
     grids: bool = True
     tensorboard: bool = True
+    progress: bool = True  # tqdm bar with live reconstruction and KL
+    curves_every_s: float = 60.0  # redraw curves.png at most this often (and at the end)
+    # checkpoints and time budget
+    ckpt_every: int = 0  # also write last.pt every N steps (0 = at each epoch end only)
+    max_minutes: float = 0.0  # training time budget; 0 = none (see docs/trainer.md)
     # hardware
     device: str = "cpu"
     bf16: bool = False

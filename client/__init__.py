@@ -1,0 +1,35 @@
+"""Client side of the VAE service: `VaeClient` / `AsyncVaeClient` (numpy in and out), the project's
+own exceptions, and the batch jobs behind `vae generate` and `vae encode`.
+
+Imports only the generated protos (plus grpc, numpy, Pillow, tqdm): never the service or trainer."""
+
+from client.aio import AsyncVaeClient
+from client.channel import ChannelConfig, RetryPolicy
+from client.client import VaeClient, make_config
+from client.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    VaeClientError,
+    VaeRpcError,
+)
+from client.messages import EncodeResult, SampleResult
+
+__all__ = [
+    "VaeClient",
+    "AsyncVaeClient",
+    "ChannelConfig",
+    "RetryPolicy",
+    "make_config",
+    "EncodeResult",
+    "SampleResult",
+    "VaeClientError",
+    "VaeRpcError",
+    "InvalidArgumentError",
+    "UnavailableError",
+    "DeadlineExceededError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+]

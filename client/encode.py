@@ -1,0 +1,139 @@
+"""`vae encode`: a dataset -> posterior parameters (mu, logvar), chunked and resumable.
+
+Chunks of `chunk_size` images are the shards: each is encoded, written atomically with its record
+into `<out>.parts/`, and skipped on a rerun once verified. When every chunk is there, the process that
+notices assembles `<out>` (mu, logvar, index) atomically, under the folder lock. The job is pinned to
+the data's fingerprint and the served model, so a rerun against other data or another model is
+refused instead of mixing latents."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.aio import AsyncVaeClient
+from client.channel import ChannelConfig
+from client.data import dataset_fingerprint
+from client.runner import Outcome, connect, run_shards
+from client.shards import (
+    ShardStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_job_file,
+    folder_lock,
+    npz_bytes,
+    select_shards,
+    sha256_bytes,
+)
+
+__all__ = ["EncodeJob", "run_encode", "JOB_KIND", "parts_dir"]
+
+JOB_KIND = "vae-encode-job"
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    data: str
+    out: Path
+    chunk_size: int = 1024
+    concurrency: int = 4
+    num_shards: int = 1
+    shard_index: int = 0
+    attempts: int = 3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.concurrency < 1 or self.attempts < 1:
+            raise ValueError("--concurrency and --shard-attempts must be >= 1")
+        if self.out.suffix != ".npz":
+            raise ValueError(f"--out must name a .npz file, got {self.out}")
+        select_shards(1, self.num_shards, 0)  # validates --num-shards
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}")
+
+
+def _assemble(job: EncodeJob, store: ShardStore, total: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Under the lock: manifest of the parts; when all are there and verify, the final .npz."""
+    with folder_lock(store.folder):
+        records = store.done_records(total)
+        manifest: dict[str, Any] = {
+            "format": JOB_KIND, "format_version": 1, "params": params, "data": job.data,
+            "total_shards": total, "shards_done": len(records), "complete": False,
+            "shards": [records[i] for i in sorted(records)],
+        }
+        if len(records) == total and all(store.verify(i, {"count": records[i]["count"]}) for i in records):
+            mus, logvars = [], []
+            for i in range(total):
+                with np.load(store.npz_path(i), allow_pickle=False) as z:
+                    mus.append(z["mu"])
+                    logvars.append(z["logvar"])
+            mu, logvar = np.concatenate(mus), np.concatenate(logvars)
+            data = npz_bytes({"mu": mu, "logvar": logvar, "index": np.arange(len(mu), dtype=np.int64)})
+            atomic_write_bytes(job.out, data)
+            manifest.update(complete=True, output={"file": str(job.out), "sha256": sha256_bytes(data),
+                                                   "n": int(len(mu)), "latent_dim": int(mu.shape[1])})
+        atomic_write_json(store.folder / "manifest.json", manifest)
+        if manifest["complete"]:
+            store.remove_leftovers()
+    return manifest
+
+
+async def run_encode(job: EncodeJob, images: np.ndarray,
+                     configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
+    """Encode this process's chunks of `images`; returns (outcome, manifest, chunks skipped)."""
+    clients, info = await connect(configs)
+    try:
+        plan = await clients[0].plan()
+        plan.check_images(images[:1])  # a clear error before any work when the shapes differ
+        total = math.ceil(len(images) / job.chunk_size)
+        # The data's path is not pinned (the same data may be reached by another path); its bytes are.
+        params = {"data_fingerprint": dataset_fingerprint(images), "n": int(len(images)),
+                  "image_shape": list(images.shape[1:]), "chunk_size": job.chunk_size,
+                  "model_name": info.model_name, "model_version": info.model_version,
+                  "manifest_sha256": info.manifest_sha256}
+        folder = parts_dir(job.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        ensure_job_file(folder, JOB_KIND, params)
+        store = ShardStore(folder, prefix="chunk")
+
+        def bounds(k: int) -> tuple[int, int]:
+            return k * job.chunk_size, min(len(images), (k + 1) * job.chunk_size)
+
+        def expect(k: int) -> dict[str, Any]:
+            a, b = bounds(k)
+            return {"shard": k, "start": a, "count": b - a}
+
+        async def work(client: AsyncVaeClient, k: int) -> int:
+            a, b = bounds(k)
+            res = await client.encode(images[a:b])
+            arrays = {"mu": res.mu, "logvar": res.logvar, "index": np.arange(a, b, dtype=np.int64)}
+            await asyncio.to_thread(store.write, k, arrays, expect(k))
+            return b - a
+
+        mine = select_shards(total, job.num_shards, job.shard_index)
+        verified = await asyncio.to_thread(lambda: [k for k in mine if store.verify(k, expect(k))])
+        todo = [k for k in mine if k not in set(verified)]
+        if verified:
+            print(f"resuming: {len(verified)} of {len(mine)} chunks already done and verified",
+                  file=sys.stderr)
+        outcome = await run_shards(todo, work, clients, concurrency=job.concurrency, attempts=job.attempts,
+                                   total_images=sum(expect(k)["count"] for k in mine),
+                                   done_images=sum(expect(k)["count"] for k in verified),
+                                   progress=job.progress, desc="encode")
+        manifest = await asyncio.to_thread(_assemble, job, store, total, params)
+        return outcome, manifest, len(verified)
+    finally:
+        for c in clients:
+            await c.close()

@@ -1,0 +1,143 @@
+"""The client's own exceptions: gRPC failures become `VaeRpcError` subclasses carrying the status
+code and the server's message, so callers never need to catch `grpc.RpcError` themselves."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "VaeClientError",
+    "VaeRpcError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "UnavailableError",
+    "DeadlineExceededError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "PermissionDeniedError",
+    "FailedPreconditionError",
+    "CancelledError",
+    "UnimplementedError",
+    "InternalError",
+    "ProtocolError",
+    "DataError",
+    "JobError",
+    "UnreachableError",
+    "from_rpc_error",
+]
+
+
+class VaeClientError(Exception):
+    """Base of every error the client package raises on purpose."""
+
+
+class VaeRpcError(VaeClientError):
+    """A call that ended with a non-OK gRPC status. `code` is the `grpc.StatusCode`, `details` the
+    server's message, `method` the RPC that failed, `attempts` how many tries were made."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, code: grpc.StatusCode, details: str, *, method: str = "", target: str = "",
+                 attempts: int = 1) -> None:
+        self.code = code
+        self.details = details
+        self.method = method
+        self.target = target
+        self.attempts = attempts
+        where = f"{method} on {target}" if method and target else (method or target or "call")
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{where} failed{tries}: {code.name}: {details or 'no details'}")
+
+    @property
+    def status(self) -> str:
+        """The status code's name, e.g. ``"INVALID_ARGUMENT"``."""
+        return self.code.name
+
+
+class InvalidArgumentError(VaeRpcError):
+    """The server rejected the request's content (shape, dtype, range, n)."""
+
+
+class NotFoundError(VaeRpcError):
+    """The method or resource does not exist on the server."""
+
+
+class UnavailableError(VaeRpcError):
+    """The server could not be reached or is shutting down (retried before it is raised)."""
+
+
+class DeadlineExceededError(VaeRpcError):
+    """The call's deadline passed before the server answered."""
+
+
+class ResourceExhaustedError(VaeRpcError):
+    """The server's queue is full or a message exceeded a size limit (retried when transient)."""
+
+
+class UnauthenticatedError(VaeRpcError):
+    """No token, or a wrong one, for a server that requires one."""
+
+
+class PermissionDeniedError(VaeRpcError):
+    """The credentials are valid but not allowed to make this call."""
+
+
+class FailedPreconditionError(VaeRpcError):
+    """The server is not in a state to serve the call (e.g. model not loaded)."""
+
+
+class CancelledError(VaeRpcError):
+    """The call was cancelled, by the client or by a server draining."""
+
+
+class UnimplementedError(VaeRpcError):
+    """The server does not implement this method (an older or foreign server)."""
+
+
+class InternalError(VaeRpcError):
+    """The server failed while handling a valid request."""
+
+
+class ProtocolError(VaeClientError):
+    """The server answered with something the client cannot read (wrong shape, dtype or size)."""
+
+
+class DataError(VaeClientError):
+    """An input file or folder the client was asked to read is missing or malformed."""
+
+
+class JobError(VaeClientError):
+    """A batch job cannot start or continue (e.g. its output folder holds a different job)."""
+
+
+class UnreachableError(VaeClientError):
+    """No target of a job answered GetModelInfo (after retries): wrong address, down, or silent."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[VaeRpcError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def from_rpc_error(exc: grpc.RpcError, *, method: str = "", target: str = "",
+                   attempts: int = 1) -> VaeRpcError:
+    """Map a `grpc.RpcError` (sync or aio) to the matching `VaeRpcError` subclass."""
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    code = code_fn() if callable(code_fn) else None
+    details = details_fn() if callable(details_fn) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    cls = _BY_CODE.get(code, VaeRpcError)
+    return cls(code, str(details or ""), method=method, target=target, attempts=attempts)

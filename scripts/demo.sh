@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole product on a fresh machine, end to end: train -> evaluate -> export -> verify -> serve ->
+# call Encode / Decode / Sample / Reconstruct -> PNG of samples -> a small batch generation job.
+# Uses scikit-learn's bundled digits (offline). Everything lands under $1 (default: demo/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO=${1:-demo}
+VAE=${VAE:-.venv/bin/vae}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$DEMO"
+rm -rf "$DEMO/run" "$DEMO/generated"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/6 train a conv VAE on the bundled digits (8x8, Bernoulli likelihood)"
+"$VAE" train --data digits --out "$DEMO/run" --arch conv --hidden 32,64 --latent-dim 8 \
+  --epochs 30 --batch-size 64 --lr 2e-3 --beta-schedule linear --beta-warmup-steps 300 --no-progress
+
+step "2/6 evaluate on the validation split (negative ELBO, IWAE NLL, active units)"
+"$VAE" evaluate "$DEMO/run" --k 100 --out "$DEMO/evaluation.json" >/dev/null
+"$PY" - "$DEMO/evaluation.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+keys = [k for k in ("n_images", "neg_elbo", "iwae_nll", "k", "active_units", "latent_dim") if k in r]
+print(json.dumps({k: r[k] for k in keys}, indent=2))
+PYEOF
+
+step "3/6 export encoder.onnx + decoder.onnx + manifest.json, then verify them"
+"$VAE" export "$DEMO/run" --out "$DEMO/model" --force
+"$VAE" verify "$DEMO/model" --checkpoint "$DEMO/run"
+
+step "4/6 serve it (gRPC + /metrics) on free loopback ports"
+read -r PORT MPORT < <("$PY" -c 'import socket
+def free():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+print(free(), free())')
+"$VAE" serve --model-dir "$DEMO/model" --host 127.0.0.1 --port "$PORT" --metrics-port "$MPORT" \
+  >"$DEMO/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if "$VAE" health --target "127.0.0.1:$PORT" --timeout 1 >/dev/null 2>&1; then break; fi
+  kill -0 $SERVER 2>/dev/null || { cat "$DEMO/serve.log"; exit 1; }
+  sleep 0.2
+done
+"$VAE" health --target "127.0.0.1:$PORT"
+echo "server pid $SERVER on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$MPORT/metrics"
+
+step "5/6 call the service: GetModelInfo, Encode, Decode, Sample"
+T="127.0.0.1:$PORT"
+"$VAE" client --target "$T" info
+"$VAE" client --target "$T" encode --data digits --limit 8 --out "$DEMO/encoded.npz" | head -c 600; echo
+"$PY" -c "import numpy as np; np.save('$DEMO/z.npy', np.load('$DEMO/encoded.npz')['mu'])"
+"$VAE" client --target "$T" decode --z "$DEMO/z.npy" --grid "$DEMO/decoded.png" | head -c 600; echo
+"$VAE" client --target "$T" sample --n 64 --seed 7 --grid "$DEMO/samples.png" | head -c 600; echo
+"$PY" - "$MPORT" <<'PYEOF'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+wanted = ("vae_active_units", "vae_posterior_collapse", "vae_drift_score", "vae_kl_per_sample_nats_count")
+for line in text.splitlines():
+    if line.startswith(wanted):
+        print(line)
+PYEOF
+
+step "6/6 a small batch generation job (sharded, resumable, deterministic)"
+"$VAE" generate --target "$T" --n 512 --shard-size 128 --seed 1 --out "$DEMO/generated" --no-progress
+
+kill -TERM $SERVER; wait $SERVER || true; trap - EXIT
+step "done"
+echo "run folder:        $DEMO/run   (metrics.jsonl, curves.png, grids/, best.pt, last.pt)"
+echo "model folder:      $DEMO/model (encoder.onnx, decoder.onnx, manifest.json)"
+echo "samples:           $DEMO/samples.png   reconstructions of 8 digits: $DEMO/decoded.png"
+echo "generation job:    $DEMO/generated (shards + manifest.json)"

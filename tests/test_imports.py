@@ -1,0 +1,68 @@
+"""The import rules between the packages (docs/CONTRACTS.md), checked statically and at run time."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("trainer", "exporter", "service", "client", "protos", "vae_cli")
+# package -> siblings it may import
+ALLOWED: dict[str, set[str]] = {
+    "trainer": set(),
+    "exporter": {"trainer"},
+    "service": {"protos"},
+    "client": {"protos"},
+    "protos": set(),
+    "vae_cli": set(),  # subcommands are imported lazily, by name, through importlib
+}
+NEVER_TORCH = ("service", "client", "protos", "vae_cli")
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Top-level names of every module imported anywhere in the file (function bodies included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(package if node.level else (node.module or "").split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_sibling_imports_follow_the_rules(package):
+    files = [p for p in (ROOT / package).rglob("*.py") if "_pb2" not in p.name]
+    assert files or package not in ("service", "protos", "vae_cli"), f"{package} has no sources"
+    problems = []
+    for path in files:
+        used = _imports(path, package)
+        for sibling in (used & set(PACKAGES)) - {package} - ALLOWED[package]:
+            problems.append(f"{path.relative_to(ROOT)} imports {sibling}")
+        if package in NEVER_TORCH and "torch" in used:
+            problems.append(f"{path.relative_to(ROOT)} imports torch")
+    assert not problems, "\n".join(problems)
+
+
+def test_serving_and_client_modules_do_not_load_torch():
+    """Importing every service and client module (and the CLI entry) must not bring torch in."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import service, client\n"
+        "mods = ['vae_cli.main', 'protos.vae.v1']\n"
+        "for pkg in (service, client):\n"
+        "    mods += [pkg.__name__ + '.' + m.name for m in pkgutil.iter_modules(pkg.__path__)]\n"
+        "for m in mods:\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'exporter'))\n"
+        "print(len(mods), bad[:5])\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert int(proc.stdout.split()[0]) > 10
