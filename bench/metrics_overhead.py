@@ -6,8 +6,13 @@ process, raw-bytes gRPC so that client parsing costs nothing) alternates between
 so both see the same machine load. While the metrics-on server is under load a scraper GETs its /metrics
 once a second (Prometheus's usual interval is 15 s: this is the harsher case). The figure that matters
 is the ratio on/off per cell (goal >= 0.95); absolute images/s depend on the machine and its load.
+On a shared machine the per-round throughput swings with other processes, so the server's own CPU time
+per image served (user + system, all threads, from /proc) is reported too: with the CPU saturated,
+throughput is inversely proportional to it, and it is far less sensitive to neighbours.
+It ends with in-process costs: what a request pays to hand its arrays over, the worker's rate, and a
+scrape at latent sizes 32 and 1024.
 
-    .venv/bin/python bench/metrics_overhead.py [--model-dir DIR] [--rounds 8] [--seconds 2]
+    .venv/bin/python bench/metrics_overhead.py [--model-dir DIR] [--rounds 16] [--seconds 1]
         [--out .bench/metrics_overhead.json]
 
 Without --model-dir a small conv VAE (1x28x28, latent 32) is trained for one epoch on Fashion-MNIST
@@ -167,81 +172,127 @@ def _payload(method: str, batch: int, manifest: dict[str, Any]) -> bytes:
     return vae_pb2.ReconstructRequest(images=t).SerializeToString()
 
 
-def _load(port: int, method: str, payload: bytes, concurrency: int, warmup: float, seconds: float,
-          out: Any) -> None:
-    """Closed-loop load: `concurrency` requests always in flight; requests done in the measured part."""
+async def _drive(call: Any, payload: bytes, concurrency: int, warmup: float,
+                 seconds: float) -> tuple[int, int, int, float]:
+    """Keep `concurrency` requests in flight; count those started after the warm-up, and all."""
     import grpc
 
-    async def run() -> tuple[int, int, float]:
+    t_measure = time.perf_counter() + warmup
+    t_end = t_measure + seconds
+    done = total = errors = 0
+
+    async def worker() -> None:
+        nonlocal done, total, errors
+        while (t0 := time.perf_counter()) < t_end:
+            try:
+                await call(payload, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            total += 1
+            if t0 >= t_measure:
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, total, errors, time.perf_counter() - t_measure
+
+
+def _load_worker(port: int, conn: Any) -> None:
+    """A load-generator process bound to one server: for each (method, payload, concurrency, warmup,
+    seconds) it receives it runs `_drive` and answers (done, errors, elapsed). It lives for the whole
+    run, so rounds can be short and many (no process start per round)."""
+    import grpc
+
+    async def serve() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            call = ch.unary_unary(f"/vae.v1.VaeService/{method}")
-            t_measure = time.perf_counter() + warmup
-            t_end = t_measure + seconds
-            done = errors = 0
+            loop = asyncio.get_running_loop()
+            while (cmd := await loop.run_in_executor(None, conn.recv)) is not None:
+                method, payload, concurrency, warmup, seconds = cmd
+                call = ch.unary_unary(f"/vae.v1.VaeService/{method}")
+                conn.send(await _drive(call, payload, concurrency, warmup, seconds))
 
-            async def worker() -> None:
-                nonlocal done, errors
-                while (t0 := time.perf_counter()) < t_end:
-                    try:
-                        await call(payload, timeout=30)
-                    except grpc.aio.AioRpcError:
-                        errors += 1
-                        continue
-                    if t0 >= t_measure:
-                        done += 1
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return done, errors, time.perf_counter() - t_measure
-
-    out.put(asyncio.run(run()))
+    asyncio.run(serve())
 
 
-def _round(server: Server, method: str, payload: bytes, concurrency: int, batch: int,
-           seconds: float) -> tuple[float, int]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_load, args=(server.port, method, payload, concurrency, 0.5, seconds, q))
-    if server.metrics:
-        with Scraper(server.metrics_port):
-            p.start()
-            done, errors, elapsed = q.get(timeout=seconds + 120)
-    else:
-        p.start()
-        done, errors, elapsed = q.get(timeout=seconds + 120)
-    p.join(30)
-    return done * batch / elapsed, errors
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc; clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadGen:
+    def __init__(self, port: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_load_worker, args=(port, child), daemon=True)
+        self.proc.start()
+
+    def round(self, server: Server, method: str, payload: bytes, concurrency: int, batch: int,
+              seconds: float, warmup: float = 0.3) -> tuple[float, float, int, int]:
+        """(images/s, server CPU seconds, images served, errors) of one round."""
+        cpu0 = _cpu_seconds(server.proc.pid)
+        self.conn.send((method, payload, concurrency, warmup, seconds))
+        if not self.conn.poll(seconds + warmup + 120):
+            raise SystemExit("load generator did not answer")
+        done, total, errors, elapsed = self.conn.recv()
+        return done * batch / elapsed, _cpu_seconds(server.proc.pid) - cpu0, total * batch, errors
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.terminate()
 
 
 def run(model_dir: Path, rounds: int, seconds: float) -> dict[str, Any]:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     off, on = Server(model_dir, metrics=False), Server(model_dir, metrics=True)
+    gens = {"off": LoadGen(off.port), "on": LoadGen(on.port)}
+    scraper = Scraper(on.metrics_port)
     cells: dict[str, Any] = {}
     try:
         for name, method, batch, conc in CELLS:
             payload = _payload(method, batch, manifest)
-            r_off, r_on, errors = [], [], 0
+            r_off: list[float] = []
+            r_on: list[float] = []
+            errors = 0
+            cpu = {"off": [0.0, 0], "on": [0.0, 0]}   # CPU seconds, images served
             for k in range(rounds):
                 # Alternate which server goes first so that neither always follows the other's load.
                 order = (off, on) if k % 2 == 0 else (on, off)
                 for srv in order:
-                    ips, err = _round(srv, method, payload, conc, batch, seconds)
+                    key = "on" if srv is on else "off"
+                    if srv is on:
+                        with scraper:
+                            ips, secs, imgs, err = gens[key].round(srv, method, payload, conc, batch, seconds)
+                    else:
+                        ips, secs, imgs, err = gens[key].round(srv, method, payload, conc, batch, seconds)
                     errors += err
+                    cpu[key][0] += secs
+                    cpu[key][1] += imgs
                     (r_on if srv is on else r_off).append(ips)
             ratios = [a / b for a, b in zip(r_on, r_off, strict=True)]
+            cpu_us = {k: v[0] / max(1, v[1]) * 1e6 for k, v in cpu.items()}
             cells[name] = {"method": method, "batch": batch, "concurrency": conc,
                            "off_images_per_s": statistics.median(r_off),
                            "on_images_per_s": statistics.median(r_on),
-                           "ratio_median": statistics.median(ratios), "ratios": ratios, "errors": errors}
+                           "ratio_median": statistics.median(ratios), "ratios": ratios,
+                           "server_cpu_us_per_image_off": cpu_us["off"],
+                           "server_cpu_us_per_image_on": cpu_us["on"],
+                           "cpu_ratio": cpu_us["off"] / cpu_us["on"], "errors": errors}
             c = cells[name]
             rounds_txt = ", ".join(f"{x:.2f}" for x in ratios)
             print(f"  {name:20s} off {c['off_images_per_s']:9.0f}  on {c['on_images_per_s']:9.0f} img/s  "
-                  f"ratio {c['ratio_median']:.3f}  (rounds {rounds_txt})", flush=True)
+                  f"ratio {c['ratio_median']:.3f}  cpu ratio {c['cpu_ratio']:.3f}  (rounds {rounds_txt})",
+                  flush=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{on.metrics_port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
         dropped = sum(float(v) for v in re.findall(
             r'^vae_latent_images_dropped_total\{reason="queue_full"\} (\S+)$', text, re.M))
         folded = float(re.search(r"^vae_latent_images_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     finally:
+        for g in gens.values():
+            g.close()
         off.close()
         on.close()
     return {"model_dir": str(model_dir), "latent_dim": manifest["latent_dim"],
@@ -250,63 +301,86 @@ def run(model_dir: Path, rounds: int, seconds: float) -> dict[str, Any]:
             "latent_images_folded": folded, "latent_images_dropped_queue_full": dropped}
 
 
-def micro(dims: tuple[int, ...] = (32, 1024)) -> dict[str, Any]:
-    """In-process costs, one thread: what a request pays (encoded(): copy + enqueue), what the worker
-    pays per image, and what one scrape costs, at a small and at the largest supported latent size."""
+def _cost_per_call(d: int, ref: dict, method: str, batch: int) -> tuple[float, float]:
+    """(wall us the request thread spends in the call, CPU us of all threads per call incl. the worker)."""
+    from prometheus_client import CollectorRegistry
+
+    from service.metrics import ServiceMetrics
+
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal((batch, d)).astype(np.float32)
+    lv = np.full((batch, d), -1.0, np.float32)
+    m = ServiceMetrics(CollectorRegistry(), model_name="m", model_version="1", provider="cpu", latent_dim=d,
+                       reference=ref)
+    call = (lambda: m.encoded(mu, lv)) if method == "encoded" else (lambda: m.latents("Sample", mu))
+    wall, calls = 0.0, 0
+    cpu0 = time.process_time()
+    for _ in range(20):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            call()
+        wall += time.perf_counter() - t0
+        calls += 100
+        m.flush()          # the worker folds what arrived, as it would every 50 ms in the server
+    cpu = time.process_time() - cpu0
+    m.close()
+    return wall / calls * 1e6, cpu / calls * 1e6
+
+
+def micro(d_model: int) -> dict[str, Any]:
+    """In-process costs at the model's latent size and at the largest supported (1024): what a request
+    pays to hand its arrays over, the CPU of that plus the worker's folding per call, one scrape."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from service.latent_collector import LatentState
-    from service.latent_stats import LatentReference, LatentWindow
     from service.metrics import ServiceMetrics
 
     out: dict[str, Any] = {}
-    rng = np.random.default_rng(0)
-    for d in dims:
+    for d in sorted({d_model, 1024}):
         ref = {"n_images": 1000, "mu_mean": [0.0] * d, "mu_var": [1.0] * d, "posterior_var_mean": [0.5] * d,
                "kl_per_dim": [1.0] * d, "active_units": d, "active_threshold": 0.01,
                "kl_per_sample": {"mean": 1.0, "p50": 1.0, "p90": 2.0, "p99": 3.0}}
-        row: dict[str, float] = {}
-        for batch in (1, 64):
-            mu = rng.standard_normal((batch, d)).astype(np.float32)
-            lv = np.full((batch, d), -1.0, np.float32)
-            reg = CollectorRegistry()
-            m = ServiceMetrics(reg, model_name="m", model_version="1", provider="cpu", latent_dim=d,
-                               reference=ref)
-            spent, calls = 0.0, 0
-            for _ in range(20):
-                t0 = time.perf_counter()
-                for _ in range(100):   # < queue size: every call takes the enqueue path, none is dropped
-                    m.encoded(mu, lv)
-                spent += time.perf_counter() - t0
-                calls += 100
-                m.flush()
-            row[f"encoded_call_us_b{batch}"] = spent / calls * 1e6
-            t0 = time.perf_counter()
-            n = 0
-            while time.perf_counter() - t0 < 1.0:
-                text = generate_latest(reg)
-                n += 1
-            row["scrape_ms"] = (time.perf_counter() - t0) / n * 1e3
-            row["scrape_kib"] = len(text) / 1024
-            m.close()
-            window = LatentWindow(d, half_life=1000, reference=LatentReference.from_manifest(ref, d))
-            state = LatentState(window)
-            t0, n = time.perf_counter(), 0
-            while time.perf_counter() - t0 < 1.0:
-                state.fold_encoded(mu, lv)
-                n += batch
-            row[f"worker_images_per_s_b{batch}"] = n / (time.perf_counter() - t0)
+        row: dict[str, Any] = {}
+        for method, batch in (("encoded", 1), ("encoded", 16), ("encoded", 64), ("latents", 64)):
+            wall_us, cpu_us = _cost_per_call(d, ref, method, batch)
+            row[f"{method}_b{batch}"] = {"request_wall_us": wall_us, "cpu_us_per_call": cpu_us}
+        reg = CollectorRegistry()
+        m = ServiceMetrics(reg, model_name="m", model_version="1", provider="cpu", latent_dim=d,
+                           reference=ref)
+        m.encoded(np.zeros((200, d), np.float32), np.zeros((200, d), np.float32))
+        m.flush()
+        cpu0, n = time.process_time(), 0
+        while time.process_time() - cpu0 < 1.0:
+            text = generate_latest(reg)
+            n += 1
+        row["scrape_cpu_ms"] = (time.process_time() - cpu0) / n * 1e3
+        row["scrape_kib"] = len(text) / 1024
+        m.close()
         out[str(d)] = row
     return out
 
 
+def estimate(result: dict[str, Any]) -> None:
+    """Per cell: on/off throughput implied by the in-process costs added to the off server's measured
+    CPU per image (CPU-bound server: throughput ~ 1 / CPU per image); scrape once a second included."""
+    costs = result["in_process"][str(result["latent_dim"])]
+    for c in result["cells"].values():
+        key = ("latents" if c["method"] == "Sample" else "encoded") + f"_b{c['batch']}"
+        per_image = costs[key]["cpu_us_per_call"] / c["batch"]
+        per_image += costs["scrape_cpu_ms"] * 1e3 / max(1.0, c["on_images_per_s"])
+        base = c["server_cpu_us_per_image_off"]
+        c["added_cpu_us_per_image"] = per_image
+        c["estimated_ratio"] = base / (base + per_image)
+
+
 def micro_table(rows: dict[str, Any]) -> str:
-    lines = ["| latent dim | encoded() per call, b1 / b64 | worker images/s, batches of 1 / 64 | "
-             "one scrape (ms, KiB) |", "| ---: | ---: | ---: | ---: |"]
+    lines = ["| latent dim | call | request thread, us/call | CPU incl. worker, us/call |",
+             "| ---: | --- | ---: | ---: |"]
     for d, r in rows.items():
-        lines.append(f"| {d} | {r['encoded_call_us_b1']:.1f} us / {r['encoded_call_us_b64']:.1f} us | "
-                     f"{r['worker_images_per_s_b1']:.0f} / {r['worker_images_per_s_b64']:.0f} | "
-                     f"{r['scrape_ms']:.1f} ms, {r['scrape_kib']:.0f} KiB |")
+        for key, v in r.items():
+            if isinstance(v, dict):
+                lines.append(f"| {d} | {key} | {v['request_wall_us']:.1f} | {v['cpu_us_per_call']:.1f} |")
+        lines.append(f"| {d} | one scrape of /metrics ({r['scrape_kib']:.0f} KiB) | | "
+                     f"{r['scrape_cpu_ms'] * 1e3:.0f} |")
     return "\n".join(lines)
 
 
@@ -314,11 +388,14 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"model latent_dim={result['latent_dim']} input={result['input_shape']}; "
              f"{result['rounds']} alternating rounds of {result['seconds_per_round']:g} s per server and "
              "cell; metrics-on server scraped every 1 s",
-             "| cell | metrics off img/s | metrics on img/s | on/off (median of rounds) |",
-             "| --- | ---: | ---: | ---: |"]
+             "| cell | off img/s | on img/s | on/off img/s (median of rounds) | server CPU us/image off / on "
+             "| on/off from CPU per image | on/off from in-process cost |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, c in result["cells"].items():
         lines.append(f"| {name} | {c['off_images_per_s']:.0f} | {c['on_images_per_s']:.0f} | "
-                     f"{c['ratio_median']:.3f} |")
+                     f"{c['ratio_median']:.3f} | {c['server_cpu_us_per_image_off']:.1f} / "
+                     f"{c['server_cpu_us_per_image_on']:.1f} | {c['cpu_ratio']:.3f} | "
+                     f"{c['estimated_ratio']:.3f} |")
     lines.append(f"latent statistics: {result['latent_images_folded']:.0f} images folded, "
                  f"{result['latent_images_dropped_queue_full']:.0f} dropped (queue full)")
     return "\n".join(lines)
@@ -328,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", type=Path, help="exported model folder (default: build a small one)")
     ap.add_argument("--latent-dim", type=int, default=32, help="latent size of the default model")
-    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds per server and cell")
-    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per round")
+    ap.add_argument("--rounds", type=int, default=16, help="alternating rounds per server and cell")
+    ap.add_argument("--seconds", type=float, default=1.0, help="measured seconds per round")
     ap.add_argument("--out", type=Path, default=CACHE / "metrics_overhead.json")
     args = ap.parse_args(argv)
     if args.model_dir is not None and not (args.model_dir / "manifest.json").is_file():
@@ -340,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(model_dir, args.rounds, args.seconds)
     result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                          "load_average": os.getloadavg()}
+    result["in_process"] = micro(result["latent_dim"])
+    estimate(result)
     print(table(result))
-    result["in_process"] = micro()
-    print("\nin-process costs (one thread):")
+    print("\nin-process costs (this process; the worker folds after every 100 calls):")
     print(micro_table(result["in_process"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -1,10 +1,11 @@
 """Epoch time of `vae train` (textbook MLP preset, all monitoring on) against a bare training loop of the
 same model in the same process. Goal: ratio <= 1.2 (monitoring costs at most 20 %).
 
-The trainer's epoch time is measured as a marginal cost, (T(E2 epochs) - T(E1 epochs)) / (E2 - E1), so
-one-off costs (data loading, the final curves.png) do not count, while everything paid per epoch does:
-per-step logging, gradient norms, tqdm, validation with active units and MI, grids and checkpoints.
-Runs alternate (bare, trainer, bare, ...) and medians are reported, to damp a shared machine's noise.
+The trainer's epoch time is the wall time between consecutive epoch rows of its metrics.jsonl, so
+one-off costs (imports, data loading, the final curves.png) do not count, while everything paid per epoch
+does: per-step logging, gradient norms, tqdm, validation with active units and MI, grids, checkpoints.
+Runs alternate (bare, trainer, bare, ...) and medians over all epochs are compared, to damp a shared
+machine's noise; the minima are shown too (the least disturbed epoch of each).
 
     .venv/bin/python bench/train_speed.py [--data DIR] [--repeats 3] [--out .bench/train_speed.json]
 """
@@ -61,7 +62,7 @@ def _configs(data: str, out: Path, epochs: int) -> tuple[ModelConfig, TrainConfi
     return mcfg, tcfg
 
 
-def bare_epoch_seconds(mcfg: ModelConfig, tcfg: TrainConfig, epochs: int) -> float:
+def bare_epoch_seconds(mcfg: ModelConfig, tcfg: TrainConfig, epochs: int) -> list[float]:
     """The same model, optimiser, batches and loss with nothing else: the floor to compare with."""
     images = load_images(tcfg.data)
     x_train, _ = split_images(images, tcfg.val_fraction, tcfg.seed, tcfg.split)
@@ -82,24 +83,24 @@ def bare_epoch_seconds(mcfg: ModelConfig, tcfg: TrainConfig, epochs: int) -> flo
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
-def trainer_epoch_seconds(mcfg: ModelConfig, data: str, tmp: Path, e1: int, e2: int, tag: str) -> float:
-    walls = []
-    for epochs in (e1, e2):
-        _, tcfg = _configs(data, tmp / f"{tag}-{epochs}", epochs)
-        t0 = time.perf_counter()
-        train(mcfg, tcfg)
-        walls.append(time.perf_counter() - t0)
-    return (walls[1] - walls[0]) / (e2 - e1)
+def trainer_epoch_seconds(mcfg: ModelConfig, data: str, out: Path, epochs: int) -> list[float]:
+    """Wall time between consecutive epoch rows of metrics.jsonl: one whole epoch each (steps with their
+    logging, validation with AU and MI, checkpoint, grids), without the run's one-off start and end."""
+    _, tcfg = _configs(data, out, epochs)
+    train(mcfg, tcfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    times = [r["time"] for r in rows if r["type"] == "epoch"]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="28x28 images (default: ../shared/data/fashion-mnist-4k, else generated)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=6, help="E2; E1 is 2")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs measured per run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / ".bench" / "train_speed.json"))
     args = ap.parse_args(argv)
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         data = _data(args.data, tmp)
         mcfg, tcfg = _configs(data, tmp / "unused", args.epochs)
-        bare, full = [], []
+        bare: list[float] = []
+        full: list[float] = []
         for r in range(args.repeats):
-            bare.append(bare_epoch_seconds(mcfg, tcfg, args.epochs))
-            full.append(trainer_epoch_seconds(mcfg, data, tmp, 2, args.epochs, f"r{r}"))
+            bare += bare_epoch_seconds(mcfg, tcfg, args.epochs)
+            full += trainer_epoch_seconds(mcfg, data, tmp / f"run{r}", args.epochs + 1)
     b, f = statistics.median(bare), statistics.median(full)
     result = {
         "data": data,
@@ -126,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         "bare_median_s": b,
         "trainer_median_s": f,
         "ratio": f / b,
+        "ratio_of_minima": min(full) / min(bare),
         "goal": 1.2,
         "ok": f / b <= 1.2,
     }
-    print(f"{'loop':<24}{'epoch s (median)':>18}{'runs':>30}")
-    print(f"{'bare training loop':<24}{b:>18.3f}{' '.join(f'{v:.3f}' for v in bare):>30}")
-    print(f"{'vae train (textbook)':<24}{f:>18.3f}{' '.join(f'{v:.3f}' for v in full):>30}")
-    print(f"ratio {f / b:.3f} (goal <= 1.2): {'ok' if result['ok'] else 'ABOVE GOAL'}")
+    print(f"{'loop':<24}{'epochs':>8}{'median s':>10}{'min s':>8}")
+    print(f"{'bare training loop':<24}{len(bare):>8}{b:>10.3f}{min(bare):>8.3f}")
+    print(f"{'vae train (textbook)':<24}{len(full):>8}{f:>10.3f}{min(full):>8.3f}")
+    print(
+        f"ratio of medians {f / b:.3f}, of minima {min(full) / min(bare):.3f} (goal <= 1.2): "
+        f"{'ok' if result['ok'] else 'ABOVE GOAL'}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

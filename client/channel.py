@@ -93,6 +93,9 @@ class ChannelConfig:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             # Our own retry loop owns retries; gRPC's built-in one would multiply the attempts.
             ("grpc.enable_retries", 0),
+            # Behind a headless Service the name resolves to every replica: spread calls over all of
+            # them (gRPC's default, pick_first, pins a client to one pod). Same behaviour for one address.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if self.server_name:
             opts.append(("grpc.ssl_target_name_override", self.server_name))

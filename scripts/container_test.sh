@@ -6,9 +6,11 @@
 #   3. `podman run` of the image on an exported model (read-only root filesystem, model volume
 #      read-only, published ports), then: the image's own HEALTHCHECK (`podman healthcheck run`), the
 #      host-side `vae health` through the published port, a real request, a /metrics scrape, the numeric
-#      user, no torch, the image config (ports, entrypoint, healthcheck), and SIGTERM drain on stop;
-#   4. with --trainer: the `trainer` target too, training + exporting a model inside that container,
-#      and serving the model it wrote.
+#      user, no torch, the image config (ports, entrypoint, healthcheck), the Indexed Job's command
+#      from deploy/k8s/generate/job.yaml (two indexes), and SIGTERM drain on stop;
+#   4. with --trainer: the `trainer` target too, the training Job's script from
+#      deploy/k8s/train/job.yaml in it (torchrun, two CPU ranks, then vae export), and step 3 again on
+#      the model it wrote.
 #
 # usage: scripts/container_test.sh [--model DIR] [--trainer] [--keep-images]
 #   --model DIR     exported model folder to serve (default: train + export a tiny one on digits)
@@ -22,6 +24,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${VAE_CT_PYTHON:-$ROOT/.venv/bin/python}
+VAE=$(dirname "$PY")/vae
 CACHE=${VAE_CT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vae-container}
 BASE_TAG=localhost/vae-base:bookworm
 TAG=$$
@@ -29,7 +32,7 @@ SERVE_IMAGE=localhost/vae-serve:ct-$TAG
 TRAINER_IMAGE=localhost/vae-trainer:ct-$TAG
 MODEL=""
 # A model small enough to train in seconds on 2 cores: the point is the container, not the model.
-TINY_TRAIN="--data digits --arch mlp --hidden 32 --latent-dim 4 --epochs 2 --no-grids --no-progress"
+TINY_TRAIN=(--arch mlp --hidden 32 --latent-dim 4 --epochs 2 --no-grids --no-progress)
 TRAINER=0
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
     --model) MODEL=${2:?--model needs a folder}; shift 2 ;;
     --trainer) TRAINER=1; shift ;;
     --keep-images) KEEP=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "container_test: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,7 +54,9 @@ for tool in mmdebstrap buildah podman; do
     echo "container_test: $tool not found; apt-get install mmdebstrap buildah podman uidmap" \
          "fuse-overlayfs slirp4netns runc" >&2; exit 2; }
 done
-[ -x "$PY" ] || { echo "container_test: no python at $PY (make venv, or set VAE_CT_PYTHON)" >&2; exit 2; }
+if [ ! -x "$PY" ] || [ ! -x "$VAE" ]; then
+  echo "container_test: no python + vae at $PY (make venv, or set VAE_CT_PYTHON)" >&2; exit 2
+fi
 if [ -n "$MODEL" ] && [ ! -f "$MODEL/manifest.json" ]; then
   echo "container_test: $MODEL has no manifest.json (not an exported model folder)" >&2; exit 2
 fi
@@ -84,8 +89,8 @@ else
   mkdir -p "$CACHE"
   if [ ! -s "$CACHE/base-bookworm.tar" ]; then
     log "mmdebstrap: Debian 12 minbase + ca-certificates (no python: the Dockerfile installs it)"
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$CACHE/base-bookworm.tar.part"
-    mv "$CACHE/base-bookworm.tar.part" "$CACHE/base-bookworm.tar"
+    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$CACHE/base-bookworm.part.tar"
+    mv "$CACHE/base-bookworm.part.tar" "$CACHE/base-bookworm.tar"
   fi
   podman import --quiet "$CACHE/base-bookworm.tar" "$BASE_TAG" >/dev/null
   log "imported $BASE_TAG"
@@ -154,9 +159,9 @@ esac
 # --- model -------------------------------------------------------------------------------------------------
 if [ -z "$MODEL" ]; then
   log "training a tiny model on digits (host venv) and exporting it"
-  OMP_NUM_THREADS=1 "$ROOT/.venv/bin/vae" train $TINY_TRAIN --out "$WORK/run" \
+  OMP_NUM_THREADS=1 "$VAE" train --data digits "${TINY_TRAIN[@]}" --out "$WORK/run" \
     > "$WORK/train.log" 2>&1 || { tail -20 "$WORK/train.log"; fail "vae train failed"; }
-  "$ROOT/.venv/bin/vae" export "$WORK/run" --out "$WORK/model" > "$WORK/export.log" 2>&1 \
+  "$VAE" export "$WORK/run" --out "$WORK/model" > "$WORK/export.log" 2>&1 \
     || { tail -20 "$WORK/export.log"; fail "vae export failed"; }
   MODEL="$WORK/model"
 fi
@@ -184,12 +189,12 @@ serve_and_check() {
   done
   log "$name: HEALTHCHECK (vae health inside the container) passed after ~${t}s;" \
       "status $(podman inspect "$name" --format '{{.State.Health.Status}}')"
-  s=$("$ROOT/.venv/bin/vae" health --target "127.0.0.1:$grpc" 2>&1) || fail "host vae health: $s"
+  s=$("$VAE" health --target "127.0.0.1:$grpc" 2>&1) || fail "host vae health: $s"
   log "$name: host vae health --target 127.0.0.1:$grpc -> $s"
-  s=$("$ROOT/.venv/bin/vae" health --target "127.0.0.1:$grpc" --service vae.v1.VaeService 2>&1) \
+  s=$("$VAE" health --target "127.0.0.1:$grpc" --service vae.v1.VaeService 2>&1) \
     || fail "host vae health (vae.v1.VaeService): $s"
   log "$name: vae.v1.VaeService -> $s"
-  s=$("$ROOT/.venv/bin/vae" client sample --target "127.0.0.1:$grpc" --n 4 --seed 1 2>&1) \
+  s=$("$VAE" client sample --target "127.0.0.1:$grpc" --n 4 --seed 1 2>&1) \
     || fail "vae client sample: $s"
   log "$name: vae client sample --n 4 -> $(echo "$s" | tr -d ' \n')"
   s=$("$PY" -c "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=10).read().decode())" \
@@ -259,13 +264,13 @@ if [ "$TRAINER" = 1 ]; then
   mkdir -p "$WORK/runs" "$WORK/models" && chmod 0777 "$WORK/runs" "$WORK/models"
   CONTAINERS+=("vae-ct-train-$TAG")
   podman run --name "vae-ct-train-$TAG" --read-only --network none -e OMP_NUM_THREADS=1 \
-    -e NPROC=2 -e TRAIN_ARGS="${TINY_TRAIN#--data digits} --device cpu" -e TRAIN_DATA=digits -e MAX_MINUTES=5 \
+    -e NPROC=2 -e TRAIN_ARGS="${TINY_TRAIN[*]} --device cpu" -e TRAIN_DATA=digits -e MAX_MINUTES=5 \
     -e RUN_DIR=/runs/vae -e MODEL_OUT=/models/vae -e HOME=/tmp -e MPLCONFIGDIR=/tmp/matplotlib \
     -v "$WORK/runs:/runs" -v "$WORK/models:/models" \
     --entrypoint /bin/sh "$TRAINER_IMAGE" -ec "$(cat "$WORK/train-job.sh")" \
     > "$WORK/ctrain.log" 2>&1 || { tail -20 "$WORK/ctrain.log"; fail "the training Job's script failed in the trainer image"; }
   log "trainer image: the training Job's script (torchrun, 2 ranks; vae export --fp16) wrote" \
-      "$(grep -c . "$WORK/runs/vae/metrics.jsonl") metrics lines and $(ls "$WORK/models/vae" | tr '\n' ' ')"
+      "$(grep -c . "$WORK/runs/vae/metrics.jsonl") metrics lines and $(find "$WORK/models/vae" -type f -printf '%f ')"
   serve_and_check "vae-ct-serve2-$TAG" "$SERVE_IMAGE" "$WORK/models/vae"
 fi
 

@@ -18,11 +18,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from service.errors import DeadlineExpired, QueueFull, ServiceError
+from service.errors import DeadlineExpired, QueueFull, Unavailable
 
 __all__ = ["Batcher", "DirectRunner", "RunFn", "fixed_blocks"]
 
@@ -52,18 +52,24 @@ def fixed_blocks(run: RunFn, block: int) -> RunFn:
 
 
 class _Item:
-    __slots__ = ("x", "n", "fut", "enqueued", "deadline")
+    __slots__ = ("x", "n", "fut", "enqueued", "deadline", "backlog")
 
-    def __init__(self, x: np.ndarray, fut: asyncio.Future[list[np.ndarray]], deadline: float | None) -> None:
+    def __init__(self, x: np.ndarray, fut: asyncio.Future[list[np.ndarray]], deadline: float | None,
+                 backlog: bool) -> None:
         self.x = x
         self.n = len(x)
         self.fut = fut
         self.enqueued = time.perf_counter()
         self.deadline = deadline
+        self.backlog = backlog  # arrived while every worker was busy
 
 
 class Batcher:
-    """Merges requests to one graph. `submit` from the event loop; up to `workers` runs in flight."""
+    """Merges requests to one graph. `submit` from the event loop; up to `workers` runs in flight.
+
+    Callback-driven, no worker task: a request to an idle graph is handed to the inference thread in the
+    same event-loop step as it arrives, and each finished run starts the next batch from its callback.
+    """
 
     def __init__(self, graph: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float = 0.0,
                  workers: int = 1, on_wait: WaitHook | None = None, on_run: RunHook | None = None) -> None:
@@ -72,13 +78,15 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
+        self.workers = workers
         self._on_wait = on_wait
         self._on_run = on_run
         self._queue: deque[_Item] = deque()
-        self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vae-{graph}")
-        self._idle: deque[asyncio.Future[None]] = deque()  # one waiter per idle worker
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
         # Counters for tests and logs: runs, rows run, requests dropped before inference.
         self.runs = 0
         self.rows = 0
@@ -88,33 +96,13 @@ class Batcher:
         """Outputs of the graph for `x` (rows in order); `deadline` is a time.monotonic() instant."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(self.graph, self.max_queue)
-        loop = asyncio.get_running_loop()
-        if not self._tasks:
-            self._tasks = [loop.create_task(self._work(), name=f"batcher-{self.graph}-{i}")
-                           for i in range(self.workers)]
+        if self._closed:
+            raise Unavailable(f"the {self.graph} is shutting down")
+        loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        self._queue.append(_Item(x, fut, deadline))
-        self._wake_one()
+        self._queue.append(_Item(x, fut, deadline, backlog=self._running >= self.workers))
+        self._dispatch()
         return await fut
-
-    def _wake_one(self) -> None:
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    async def _wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> None:
-        waiter = loop.create_future()
-        self._idle.append(waiter)
-        try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, timeout)
-        finally:
-            if not waiter.done():
-                waiter.cancel()
 
     def _take(self) -> list[_Item]:
         """Oldest-first up to max_batch rows; drops cancelled and expired requests on the way."""
@@ -139,75 +127,79 @@ class Batcher:
             rows += item.n
         return items
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        backlog = False  # whether the queue filled while this worker's previous run was busy
-        while True:
-            if not self._queue:
-                await self._wait(loop)
-                backlog = False
-            if backlog and self.max_delay_s > 0:
-                await self._fill(loop)
+    def _hold(self) -> bool:
+        """Whether a partial backlog should wait (max_delay) for more rows; arms a timer if so."""
+        if self.max_delay_s <= 0 or not self._queue[0].backlog:
+            return False
+        if sum(i.n for i in self._queue) >= self.max_batch:
+            return False
+        left = self._queue[0].enqueued + self.max_delay_s - time.perf_counter()
+        if left <= 0:
+            return False
+        if self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_later(left, self._on_timer)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch(force=True)
+
+    def _dispatch(self, force: bool = False) -> None:
+        """Start runs while a worker is free and requests wait."""
+        while self._running < self.workers and self._queue and not self._closed:
+            if not force and self._hold():
+                return
             items = self._take()
-            if not items:
-                continue
-            if self._queue:  # more than one batch waits: an idle worker may take the rest now
-                self._wake_one()
-            start = time.perf_counter()
-            if self._on_wait is not None:
-                for item in items:
-                    self._on_wait(start - item.enqueued)
-            x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+            if items:
+                self._start(items)
+
+    def _start(self, items: list[_Item]) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._running += 1
+        start = time.perf_counter()
+        if self._on_wait is not None:
+            for item in items:
+                self._on_wait(start - item.enqueued)
+        x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+
+        def done(f: Future[list[np.ndarray]]) -> None:  # in the inference thread
             try:
-                outs = await loop.run_in_executor(self._executor, self._run, x)
-            except ServiceError as exc:
-                for item in items:
-                    if not item.fut.done():
-                        item.fut.set_exception(exc)
-                backlog = bool(self._queue)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a failed run must fail its requests, not the worker
-                for item in items:
-                    if not item.fut.done():
-                        item.fut.set_exception(exc)
-                backlog = bool(self._queue)
-                continue
+                loop.call_soon_threadsafe(self._finish, items, f, start, len(x))
+            except RuntimeError:  # the loop closed under a late run: nobody waits for it
+                pass
+
+        self._executor.submit(self._run, x).add_done_callback(done)
+
+    def _finish(self, items: list[_Item], f: Future[list[np.ndarray]], start: float, rows: int) -> None:
+        self._running -= 1
+        exc = f.exception()
+        if exc is not None:  # a failed run fails its own requests, never the batcher
+            for item in items:
+                if not item.fut.done():
+                    item.fut.set_exception(exc)
+        else:
+            outs = f.result()
             if self._on_run is not None:
-                self._on_run(time.perf_counter() - start, len(x))
+                self._on_run(time.perf_counter() - start, rows)
             self.runs += 1
-            self.rows += len(x)
+            self.rows += rows
             offset = 0
             for item in items:
                 if not item.fut.done():
                     item.fut.set_result([o[offset:offset + item.n] for o in outs])
                 offset += item.n
-            backlog = bool(self._queue)
-
-    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Let a partial backlog wait up to max_delay (from its oldest request) for a full batch."""
-        while self._queue:
-            rows = sum(i.n for i in self._queue)
-            left = self._queue[0].enqueued + self.max_delay_s - time.perf_counter()
-            if rows >= self.max_batch or left <= 0:
-                return
-            try:
-                await self._wait(loop, left)
-            except TimeoutError:
-                return
+        self._dispatch()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         while self._queue:
             item = self._queue.popleft()
             if not item.fut.done():
                 item.fut.cancel()
-        self._executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
 
 
 class DirectRunner:

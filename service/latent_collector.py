@@ -48,7 +48,8 @@ class LatentState:
             self.kl_hist.observe_many(kl)
 
     def fold_latents(self, method: str, z: np.ndarray) -> None:
-        norms = np.linalg.norm(np.asarray(z, dtype=np.float64), axis=1)
+        z32 = np.asarray(z, dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", z32, z32)).astype(np.float64)
         with self.lock:
             hist = self.z_hists.get(method)
             if hist is None:

@@ -6,9 +6,10 @@ The service feeds every batch of encoder outputs (mu, logvar) into a `LatentWind
 Windowing: exponential decay with a half-life measured in images (not seconds), so an idle service keeps
 its last picture and a busy one forgets quickly. Image i of a batch of n (i = 0 oldest) gets weight
 2^(-(n-1-i)/h); the state accumulated before the batch is multiplied by 2^(-n/h). The sum of weights
-converges to h / ln 2 (about 1.44 h images): that is the effective window size. Batches are merged with
-the weighted form of Chan, Golub & LeVeque's parallel variance update (1979), which stays accurate in
-float64 where the naive E[x^2] - E[x]^2 cancels.
+converges to h / ln 2 (about 1.44 h images): that is the effective window size. Per-image arithmetic is
+float32 (the encoder's precision); each batch's sums are merged into float64 state with the weighted form
+of Chan, Golub & LeVeque's parallel variance update (1979), which does not cancel the way the naive
+E[x^2] - E[x]^2 does when a dimension's mean is large against its spread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# logvar above this is clipped before exp (variance e^80 ~ 5.5e34; float32 overflows at e^88.7).
+_MAX_LOGVAR = 80.0
 
 __all__ = [
     "LatentReference",
@@ -53,11 +57,15 @@ def gaussian_kl_diag(m1: np.ndarray, v1: np.ndarray, m2: np.ndarray, v2: np.ndar
 
 
 def finite_rows(*arrays: np.ndarray) -> np.ndarray:
-    """Boolean mask [N] of the rows that are finite in every array (each [N, ...])."""
-    mask = np.ones(arrays[0].shape[0], dtype=bool)
-    for a in arrays:
-        mask &= np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
-    return mask
+    """Boolean mask [N] of the rows that are finite in every array (each [N, ...]).
+
+    One reduction per array: a row sum is NaN or infinite exactly when the row holds a NaN or an
+    infinity (or, for float32 rows near 3e38, overflows, which is not a latent code either)."""
+    total = np.zeros(arrays[0].shape[0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in arrays:
+            total += a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float32)
+    return np.isfinite(total)
 
 
 @dataclass(frozen=True)
@@ -77,33 +85,33 @@ class LatentReference:
     def from_manifest(cls, block: dict, latent_dim: int) -> LatentReference:
         """Validate and convert the manifest block; raise ValueError naming the first bad field."""
         if not isinstance(block, dict):
-            raise ValueError(f"manifest reference: expected an object, got {type(block).__name__}")
+            raise ValueError(f"reference: expected an object, got {type(block).__name__}")
         arrays: dict[str, np.ndarray] = {}
         for key in ("mu_mean", "mu_var", "posterior_var_mean", "kl_per_dim"):
             if key not in block:
-                raise ValueError(f"manifest reference: missing field {key!r}")
+                raise ValueError(f"reference: missing field {key!r}")
             try:
                 arr = np.asarray(block[key], dtype=np.float64)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"manifest reference: {key} is not a list of numbers") from exc
+                raise ValueError(f"reference: {key} is not a list of numbers") from exc
             if arr.shape != (latent_dim,):
                 raise ValueError(
-                    f"manifest reference: {key} has shape {list(arr.shape)}, expected [{latent_dim}] "
+                    f"reference: {key} has shape {list(arr.shape)}, expected [{latent_dim}] "
                     f"(latent_dim)")
             if not np.isfinite(arr).all():
-                raise ValueError(f"manifest reference: {key} holds non-finite values")
+                raise ValueError(f"reference: {key} holds non-finite values")
             arrays[key] = arr
         if (arrays["mu_var"] < 0).any() or (arrays["posterior_var_mean"] <= 0).any():
-            raise ValueError("manifest reference: variances must be non-negative (posterior_var_mean > 0)")
+            raise ValueError("reference: variances must be non-negative (posterior_var_mean > 0)")
         threshold = float(block.get("active_threshold", 0.01))
         active = block.get("active_units")
         if active is None:
             active = int((arrays["mu_var"] > threshold).sum())
         if not isinstance(active, int | float) or not 0 <= int(active) <= latent_dim:
-            raise ValueError(f"manifest reference: active_units must be in [0, {latent_dim}], got {active!r}")
+            raise ValueError(f"reference: active_units must be in [0, {latent_dim}], got {active!r}")
         kls = block.get("kl_per_sample") or {}
         if not isinstance(kls, dict):
-            raise ValueError("manifest reference: kl_per_sample must be an object")
+            raise ValueError("reference: kl_per_sample must be an object")
         return cls(
             mu_mean=arrays["mu_mean"], mu_var=arrays["mu_var"],
             posterior_var_mean=arrays["posterior_var_mean"], kl_per_dim=arrays["kl_per_dim"],
@@ -167,23 +175,39 @@ class LatentWindow:
 
     def update(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
         """Fold a batch [N, D] in (rows must be finite); return the per-sample KL [N] in nats."""
-        mu64 = np.asarray(mu, dtype=np.float64).reshape(-1, self.latent_dim)
-        lv64 = np.asarray(logvar, dtype=np.float64).reshape(-1, self.latent_dim)
-        n = mu64.shape[0]
+        # Per-image arithmetic in float32 (the encoder's own precision; half the memory traffic of
+        # float64 and a vectorised exp); the per-dimension batch sums are converted to float64 before
+        # they are merged into the window, so error does not build up across batches.
+        mu32 = np.asarray(mu, dtype=np.float32).reshape(-1, self.latent_dim)
+        lv32 = np.asarray(logvar, dtype=np.float32).reshape(-1, self.latent_dim)
+        n = mu32.shape[0]
         if n == 0:
             return np.zeros(0)
-        kld = kl_per_dim(mu64, lv64)
-        kl = kld.sum(axis=1)
+        if lv32.max() > _MAX_LOGVAR:
+            # exp overflows float32 near 88.7: a broken posterior shows as a huge, finite KL instead.
+            lv32 = np.minimum(lv32, _MAX_LOGVAR)
+        # The closed form of kl_per_dim, in place (one pass per operation); exp(logvar) is needed twice
+        # (KL and posterior variance) and computed once.
+        pv = np.exp(lv32)
+        kld = mu32 * mu32
+        kld += pv
+        kld -= lv32
+        kld -= 1.0
+        kld *= 0.5
+        kl = kld.sum(axis=1).astype(np.float64)
         # Newest image weight 1, oldest 2^(-(n-1)/h): the decay inside a batch matches the decay across.
         w = np.exp(self._ln_decay * np.arange(n - 1, -1, -1, dtype=np.float64))
         wb = float(w.sum())
-        wn = w / wb
-        b_mu = wn @ mu64
-        b_m2 = w @ (mu64 - b_mu) ** 2
-        with np.errstate(over="ignore"):
-            b_pv = wn @ np.exp(lv64)
-        b_kld = wn @ kld
-        b_kl = float(wn @ kl)
+        wn64 = w / wb
+        wn = wn64.astype(np.float32)
+        b_mu32 = wn @ mu32
+        dev = mu32 - b_mu32      # centred before squaring: no cancellation for a dim with |mean| >> std
+        dev *= dev
+        b_m2 = (wn @ dev).astype(np.float64) * wb
+        b_mu = b_mu32.astype(np.float64)
+        b_pv = (wn @ pv).astype(np.float64)
+        b_kld = (wn @ kld).astype(np.float64)
+        b_kl = float(wn64 @ kl)
 
         wa = self._w * math.exp(self._ln_decay * n)
         total = wa + wb

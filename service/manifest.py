@@ -87,7 +87,9 @@ def _graph(folder: Path, key: str, entry: Any) -> GraphSpec:
         raise ModelError(f"manifest.json: {where}file must be a plain file name, got {name!r}")
     if not path.is_file():
         raise ModelError(f"{path}: graph file is missing (listed in manifest.json as {key})")
-    size = int(_require(entry, "size_bytes", where))
+    size = _require(entry, "size_bytes", where)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ModelError(f"manifest.json: {where}size_bytes must be a non-negative int, got {size!r}")
     actual_size = path.stat().st_size
     if actual_size != size:
         raise ModelError(f"{path}: {actual_size} bytes, manifest.json records {size} "
@@ -112,6 +114,8 @@ def load_manifest(model_dir: str | Path, *, fp16: bool = False) -> Manifest:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: missing (export the model with `vae export`)") from None
+    except OSError as exc:  # a folder in its place, no permission, I/O error
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from service.errors import ModelError
 from service.latent_collector import LatentCollector, LatentState
 from service.latent_stats import LatentReference, LatentWindow, finite_rows
 
@@ -112,7 +113,10 @@ class ServiceMetrics:
         self._state: LatentState | None = None
         if not latent_stats:
             return
-        ref = LatentReference.from_manifest(reference, latent_dim) if reference is not None else None
+        try:
+            ref = LatentReference.from_manifest(reference, latent_dim) if reference is not None else None
+        except ValueError as exc:
+            raise ModelError(f"manifest.json: {exc}") from None
         window_obj = LatentWindow(latent_dim, half_life=float(window), reference=ref,
                                   collapse_fraction=collapse_fraction,
                                   min_images=float(min_images) if min_images is not None else None)
@@ -192,7 +196,9 @@ class ServiceMetrics:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is folded in (tests, shutdown); False on timeout."""
-        if self._state is None or self._worker is None or not self._worker.is_alive():
+        if self._state is None or self._worker is None:
+            return True
+        if not self._worker.is_alive():
             return not self._pending
         marker = threading.Event()
         self._pending.append(marker)

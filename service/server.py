@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.auth import TokenAuthInterceptor
 from service.batching import Batcher, DirectRunner, fixed_blocks
+from service.decode_guard import DecodeGuardInterceptor
 from service.errors import SettingsError
 from service.manifest import load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
@@ -41,10 +42,16 @@ SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "v
 SERVER_VERSION = "0.1.0"
 # Sample rows per fixed block when a provider's rows depend on their batch (see batching.fixed_blocks).
 DEFAULT_SAMPLE_BLOCK = 64
+# On stop, calls are still admitted for this long (at most a quarter of the grace) before new ones are
+# refused: the ones sent just before the signal are served.
+LAME_DUCK_SECONDS = 2.0
 
 
-def _warm_sizes(max_batch: int) -> list[int]:
-    """1, 2, 4, ... up to max_batch: the shapes the batcher will form (cuDNN tunes per shape)."""
+def _warm_sizes(max_batch: int, gpu: bool) -> list[int]:
+    """GPU: 1, 2, 4, ... up to max_batch, the shapes the batcher forms (cuDNN tunes per shape). CPU: the
+    kernels do not depend on the batch size, so 1 and max_batch are enough (start-up time matters)."""
+    if not gpu:
+        return sorted({1, max_batch})
     sizes, n = [], 1
     while n < max_batch:
         sizes.append(n)
@@ -78,7 +85,7 @@ class VaeServer:
             registry, model_name=manifest.model_name, model_version=manifest.model_version,
             provider=self.provider, latent_dim=manifest.latent_dim, reference=manifest.reference,
             latent_stats=settings.latent_metrics)
-        # Batching off: the same number of runs in flight per graph as the batcher allows, both graphs.
+        # Batching off: each request is its own run, in a pool as large as both graphs' batchers together.
         self._executor = ThreadPoolExecutor(max_workers=2 * settings.inference_workers,
                                             thread_name_prefix="vae-infer")
         self.encoder = self._runner("encoder", self.model.encoder.run)
@@ -93,7 +100,9 @@ class VaeServer:
                                     encoder=self.encoder, decoder=self.decoder, sampler=self._sample_gate,
                                     metrics=self.metrics)
         self.health = health_aio.HealthServicer()
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(token)] if token else []
+        # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
+        interceptors.append(DecodeGuardInterceptor(f"/{SERVICE_NAME}/"))
         options = [("grpc.max_send_message_length", settings.max_send_message_bytes),
                    ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                    ("grpc.so_reuseport", 0)]
@@ -185,7 +194,7 @@ class VaeServer:
 
     async def warm_up(self) -> None:
         t0 = time.perf_counter()
-        sizes = _warm_sizes(self.settings.max_batch_size)
+        sizes = _warm_sizes(self.settings.max_batch_size, self.model.decoder.on_cuda)
         await asyncio.get_running_loop().run_in_executor(self._executor, self.model.warm_up, sizes)
         block = self.settings.sample_block or (0 if self.model.rows_independent else DEFAULT_SAMPLE_BLOCK)
         if block:
@@ -207,8 +216,21 @@ class VaeServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new RPCs, give in-flight ones `grace` seconds, then close."""
         grace = self.settings.grace_seconds if grace is None else grace
-        await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        deadline = time.monotonic() + grace
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING first: balancers stop sending here
+        # Lame duck: calls sent before the signal may still wait in grpc's queues behind a busy event
+        # loop; keep admitting for a moment so that they are served, not refused.
+        await asyncio.sleep(min(LAME_DUCK_SECONDS, grace / 4))
+        # Then new VaeService calls answer UNAVAILABLE (clients retry it, e.g. on another replica) while
+        # the port stays open for the admitted calls to finish; grpc's own stop() would answer calls it
+        # already received CANCELLED, which clients do not retry. So wait for the admitted calls and
+        # then for a quiet moment (no call reaching a handler) before stopping grpc.
+        self.ready = self.servicer.ready = False
+        quiet = min(0.25, grace / 4)
+        while time.monotonic() < deadline and (
+                self.servicer.in_flight or time.monotonic() - self.servicer.last_call < quiet):
+            await asyncio.sleep(0.02)
+        await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
         for runner in (self.encoder, self.decoder, self._sample_blocks):
             if runner is not None:
                 await runner.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from service import codec, sampling
-from service.errors import ServiceError, Unavailable, grpc_status, metric_reason
+from service.errors import InvalidArgument, ServiceError, Unavailable, grpc_status, metric_reason
 from service.metrics import ServiceMetrics
 from service.validation import NonFinite, Validator
 
@@ -25,6 +25,18 @@ __all__ = ["VaeServicer", "Submitter"]
 
 class Submitter(Protocol):
     async def submit(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]: ...
+
+
+_IMAGE_FORMATS = frozenset(vae_pb2.ImageFormat.values())
+
+
+def _uint8(image_format: int) -> bool:
+    """Whether images go back as UINT8; an ImageFormat value this server does not know is refused
+    (proto3 enums are open: an unknown number must not silently mean FLOAT32)."""
+    if image_format not in _IMAGE_FORMATS:
+        raise InvalidArgument(f"format: unknown ImageFormat value {image_format}; use "
+                              "IMAGE_FORMAT_FLOAT32 or IMAGE_FORMAT_UINT8")
+    return image_format == vae_pb2.IMAGE_FORMAT_UINT8
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -45,6 +57,11 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         # Set by the server once both graphs are warm; until then (and while draining) new calls are
         # refused, matching health NOT_SERVING.
         self.ready = False
+        # Calls admitted (ready was True) and not finished: the server's drain waits for 0.
+        self.in_flight = 0
+        # When the latest call reached a handler (monotonic): the drain also waits for a quiet moment,
+        # so that calls already received are answered (UNAVAILABLE) rather than cancelled by grpc's stop.
+        self.last_call = 0.0
 
     async def _fail(self, exc: Exception, context: grpc.aio.ServicerContext) -> str:
         status = grpc_status(exc)
@@ -59,10 +76,14 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         started = time.perf_counter()
         self.metrics.request_started(method)
         code = "OK"
+        admitted = False
+        self.last_call = time.monotonic()
         try:
             if not self.ready:
                 work.close()
                 raise Unavailable("the service is not ready (warming up or shutting down); retry")
+            admitted = True  # no await since the check: a drain that clears `ready` sees this call
+            self.in_flight += 1
             return await work
         except ServiceError as exc:
             code = grpc_status(exc).name
@@ -74,10 +95,15 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             code = "INTERNAL"
             raise
         finally:
+            self.in_flight -= admitted
             self.metrics.request_finished(method, code, time.perf_counter() - started)
 
     async def GetModelInfo(self, request: vae_pb2.GetModelInfoRequest,
                            context: grpc.aio.ServicerContext) -> vae_pb2.ModelInfo:
+        # Answered while warming up and draining too (no `ready` check): clients may ask what is served.
+        started = time.perf_counter()
+        self.metrics.request_started("GetModelInfo")
+        self.metrics.request_finished("GetModelInfo", "OK", time.perf_counter() - started)
         return self.info
 
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -100,7 +126,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def _decode(self, request: vae_pb2.DecodeRequest,
                       context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
         z = self.validator.latents(codec.to_array(request.z, "z"))
-        self.validator.reply_fits(len(z), request.format == vae_pb2.IMAGE_FORMAT_UINT8, False, "Decode")
+        self.validator.reply_fits(len(z), _uint8(request.format), False, "Decode")
         (images,) = await self.decoder.submit(z, _deadline(context))
         self.metrics.latents("Decode", z)
         return vae_pb2.DecodeResponse(images=codec.images_message(images, request.format))
@@ -112,7 +138,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def _reconstruct(self, request: vae_pb2.ReconstructRequest,
                            context: grpc.aio.ServicerContext) -> vae_pb2.ReconstructResponse:
         x = self.validator.images(codec.to_array(request.images, "images"))
-        self.validator.reply_fits(len(x), request.format == vae_pb2.IMAGE_FORMAT_UINT8, False, "Reconstruct")
+        self.validator.reply_fits(len(x), _uint8(request.format), False, "Reconstruct")
         deadline = _deadline(context)
         mu, logvar = await self.encoder.submit(x, deadline)
         self.metrics.encoded(mu, logvar)
@@ -128,7 +154,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         temperature = request.temperature if request.HasField("temperature") else None
         t, chunk = self.validator.sample(request.n, temperature, request.chunk_size, stream=stream)
         rows = min(chunk, request.n) if stream else request.n
-        self.validator.reply_fits(rows, request.format == vae_pb2.IMAGE_FORMAT_UINT8, request.return_latents,
+        self.validator.reply_fits(rows, _uint8(request.format), request.return_latents,
                                   "SampleStream chunk" if stream else "Sample")
         return t, chunk, sampling.noise_generator(request.seed if request.HasField("seed") else None)
 
@@ -152,9 +178,13 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         started = time.perf_counter()
         self.metrics.request_started("SampleStream")
         code = "OK"
+        admitted = False
+        self.last_call = time.monotonic()
         try:
             if not self.ready:
                 raise Unavailable("the service is not ready (warming up or shutting down); retry")
+            admitted = True
+            self.in_flight += 1
             temperature, chunk, gen = self._sample_args(request, stream=True)
             deadline = _deadline(context)
             # Noise is drawn chunk after chunk from one generator: sample i is the same whatever the
@@ -185,4 +215,5 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             code = "INTERNAL"
             raise
         finally:
+            self.in_flight -= admitted
             self.metrics.request_finished("SampleStream", code, time.perf_counter() - started)

@@ -43,7 +43,7 @@ class Settings:
     fp16: bool = _f(False, "serve the float16 graphs of the manifest (exported with --fp16)")
     grace_seconds: float = _f(30.0, "on SIGTERM/SIGINT: seconds in-flight requests may take to finish")
     dynamic_batching: bool = _f(True, "merge concurrent requests to one graph into one inference run")
-    inference_workers: int = _f(2, "inference threads per graph: runs in flight at once per graph; with "
+    inference_workers: int = _f(2, "inference threads per graph (runs in flight at once per graph); with "
                                    "batching on, requests merge only while all of them are busy")
     max_batch_size: int = _f(256, "largest batch (rows) the dynamic batcher forms")
     max_queue_delay_ms: float = _f(0.0, "how long a partial batch that queued while the graph was busy "
@@ -81,6 +81,11 @@ class Settings:
         for name in ("device_id", "cuda_mem_limit", "intra_op_threads", "sample_block"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{flag_name(name)} must be >= 0, got {getattr(self, name)}")
+        if self.default_chunk_size > self.max_sample_n:
+            # A SampleStream message holds at most max_sample_n samples: a larger default would make
+            # every stream that leaves chunk_size at 0 fail.
+            raise SettingsError(f"--default-chunk-size ({self.default_chunk_size}) must be <= --max-sample-n "
+                                f"({self.max_sample_n})")
         if self.grace_seconds < 0 or self.max_queue_delay_ms < 0:
             raise SettingsError("--grace-seconds and --max-queue-delay-ms must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -114,8 +114,9 @@ class Validator:
             temperature = 1.0
         elif not math.isfinite(temperature) or temperature <= 0:
             raise InvalidArgument(f"temperature must be finite and > 0, got {temperature}")
-        # chunk_size is ignored by unary Sample (one message); it only cuts SampleStream.
+        # chunk_size is ignored by unary Sample (one message); it only cuts SampleStream, so only a
+        # stream checks it (a default_chunk_size above max_sample_n must not fail every unary Sample).
         chunk = chunk_size or self.limits.default_chunk_size
-        if chunk > self.limits.max_sample_n:
+        if stream and chunk > self.limits.max_sample_n:
             raise LimitExceeded(f"chunk_size={chunk} exceeds max_sample_n={self.limits.max_sample_n}")
         return temperature, chunk

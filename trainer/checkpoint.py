@@ -43,8 +43,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call `write(fileobj)` on a temp file in `path`'s folder, fsync, then rename over `path`."""
+def atomic_write_bytes(path: Path, write: Any, durable: bool = True) -> None:
+    """Call `write(fileobj)` on a temp file in `path`'s folder, fsync, then rename over `path`.
+    `durable=False` skips the fsyncs (still atomic for readers; for pictures that are redrawn anyway)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,12 +53,14 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ __all__ = ["HELP", "train_main", "evaluate_main", "build_train_parser", "build_e
 # Resuming replays the stored configuration; only these may change (they do not alter the steps taken,
 # except epochs/max-minutes which extend or shorten the plan).
 _RESUMABLE = {
+    "ckpt_every_s",
     "epochs",
     "max_minutes",
     "progress",
@@ -60,6 +61,8 @@ HELP = {
     "beta_ratio": "cyclical: fraction of each cycle spent ramping beta up",
     "free_bits": "free bits: KL floor in nats (per dimension or total, 0 = off)",
     "free_bits_mode": "per_dim | total",
+    "hflip": "augment: mirror each training image left-right with probability 1/2",
+    "shift": "augment: move each training image by up to this many pixels, zero fill (0 = off)",
     "active_threshold": "a unit is active when Var_x(E[z_i|x]) exceeds this",
     "collapse_fraction": "collapse alarm when active units < this fraction of latent dims",
     "collapse_kl": "collapse alarm when the KL (nats) stays below this after warm-up",
@@ -68,7 +71,9 @@ HELP = {
     "tensorboard": "log to RUN/tensorboard when tensorboard is installed",
     "progress": "tqdm progress bar",
     "curves_every_s": "redraw curves.png at most this often (and at the end)",
-    "ckpt_every": "also write last.pt every N steps (0 = at each epoch end)",
+    "ckpt_every": "also write last.pt every N steps, inside epochs (0 = off)",
+    "ckpt_every_s": "at an epoch end, write last.pt when this many seconds passed since the last save "
+    "(0 = every epoch); the run's end is always saved",
     "max_minutes": "training time budget in minutes (0 = none); the epoch plan shrinks to fit",
     "device": "cpu | cuda | cuda:N | auto",
     "bf16": "bf16 autocast (GPU; works on CPU but is slower there)",
@@ -202,6 +207,17 @@ def train_main(argv: list[str]) -> int:
     except (TrainerError, ValueError) as exc:
         print(f"vae train: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A failed write (disk full, I/O error) at run time: checkpoints are written atomically, so the
+        # last one on disk is intact and the run can continue from it.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"vae train: failed: {exc.strerror or exc}{where}; checkpoints are written atomically, "
+            "the last one on disk is intact: "
+            "continue with --resume",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("vae train: interrupted; continue with --resume", file=sys.stderr)
         return 130
@@ -234,7 +250,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefer", choices=("best", "last"), default="best", help="checkpoint in a run folder")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--num-threads", type=int, default=0)
+    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = the cores not busy)")
     p.add_argument("--out", help="also write the JSON to this file")
     return p
 
@@ -287,8 +303,9 @@ def _evaluate(ns: argparse.Namespace) -> dict[str, Any]:
 
     if ns.k < 1 or ns.batch_size < 1:
         raise ConfigError("-k and --batch-size must be >= 1")
-    if ns.num_threads > 0:
-        torch.set_num_threads(ns.num_threads)
+    from trainer.runtime import auto_threads
+
+    torch.set_num_threads(ns.num_threads if ns.num_threads > 0 else auto_threads())
     path = resolve_checkpoint(ns.checkpoint, prefer=f"{ns.prefer}.pt")
     ck = load_checkpoint(path)
     model = model_from_checkpoint(ck)

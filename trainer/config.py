@@ -80,6 +80,9 @@ class TrainConfig:
     beta_ratio: float = 0.5
     free_bits: float = 0.0  # nats; 0 = off
     free_bits_mode: str = "per_dim"  # per_dim | total
+    # augmentation of training batches (trainer/augment.py); validation and evaluation never augment
+    hflip: bool = False  # mirror each training image left-right with probability 1/2
+    shift: int = 0  # move each training image by up to this many pixels (zero fill); 0 = off
     # monitoring
     active_threshold: float = 0.01
     collapse_fraction: float = 0.1
@@ -90,7 +93,8 @@ class TrainConfig:
     progress: bool = True  # tqdm bar with live reconstruction and KL
     curves_every_s: float = 60.0  # redraw curves.png at most this often (and at the end)
     # checkpoints and time budget
-    ckpt_every: int = 0  # also write last.pt every N steps (0 = at each epoch end only)
+    ckpt_every: int = 0  # also write last.pt every N steps, inside epochs (0 = off)
+    ckpt_every_s: float = 30.0  # at an epoch end, write last.pt if this long since the last save (0 = always)
     max_minutes: float = 0.0  # training time budget; 0 = none (see docs/trainer.md)
     # hardware
     device: str = "cpu"

@@ -1,4 +1,4 @@
-"""The training objective: ELBO terms in nats per image, beta schedules and free bits."""
+"""The training objective: ELBO terms in nats per image, beta and LR schedules, free bits, time budget."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BETA_SCHEDULES", "beta_at", "kl_per_dim", "kl_penalty", "lr_at", "Losses", "elbo_terms"]
+from trainer.config import TrainConfig
+
+__all__ = [
+    "warmup_end",
+    "epochs_within_budget",
+    "BETA_SCHEDULES",
+    "beta_at",
+    "kl_per_dim",
+    "kl_penalty",
+    "lr_at",
+    "Losses",
+    "elbo_terms",
+]
 
 BETA_SCHEDULES = ("constant", "linear", "cyclical", "sigmoid")
 
@@ -101,3 +113,20 @@ def elbo_terms(
     rec = -log_px.mean()
     penalty = kl_penalty(kd, free_bits, free_bits_mode)
     return Losses(loss=rec + beta * penalty, rec=rec, kl=kd.sum(dim=1).mean(), kl_dims=kd.mean(dim=0))
+
+
+def warmup_end(cfg: TrainConfig, total_steps: int) -> int:
+    """The step at which the KL warm-up is over (the collapse alarm's KL test waits for it)."""
+    if cfg.beta_schedule in ("linear", "sigmoid"):
+        return cfg.beta_warmup_steps
+    if cfg.beta_schedule == "cyclical":  # the end of the first ramp
+        return int(total_steps / max(1, cfg.beta_cycles) * cfg.beta_ratio)
+    return 0
+
+
+def epochs_within_budget(done: int, seconds: float, budget_s: float, max_epochs: int) -> int:
+    """How many epochs fit in `budget_s` when `done` epochs took `seconds` (at most `max_epochs`, at least
+    `done`): the plan a time budget gives the LR schedule."""
+    per_epoch = seconds / max(1, done)
+    left = max(0.0, budget_s - seconds)
+    return min(max_epochs, done + int(math.floor(left / max(per_epoch, 1e-9))))

@@ -61,10 +61,14 @@ def validate_train_config(cfg: TrainConfig) -> None:
         cfg.beta_cycles >= 1 and 0 < cfg.beta_ratio <= 1, "beta_cycles must be >= 1 and beta_ratio in (0, 1]"
     )
     need(cfg.free_bits >= 0, f"free_bits must be >= 0, got {cfg.free_bits}")
+    need(cfg.shift >= 0, f"shift must be >= 0, got {cfg.shift}")
     need(cfg.grad_clip >= 0, f"grad_clip must be >= 0, got {cfg.grad_clip}")
     need(cfg.max_skips >= 1, f"max_skips must be >= 1, got {cfg.max_skips}")
     need(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    need(cfg.ckpt_every >= 0 and cfg.max_minutes >= 0, "ckpt_every and max_minutes must be >= 0")
+    need(
+        cfg.ckpt_every >= 0 and cfg.ckpt_every_s >= 0 and cfg.max_minutes >= 0,
+        "ckpt_every, ckpt_every_s and max_minutes must be >= 0",
+    )
     need(0 <= cfg.collapse_fraction <= 1, "collapse_fraction must be in [0, 1]")
     need(cfg.mi_points >= 2, f"mi_points must be >= 2, got {cfg.mi_points}")
     need(cfg.num_threads >= 0, f"num_threads must be >= 0, got {cfg.num_threads}")

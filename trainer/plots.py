@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trainer.checkpoint import atomic_write_bytes
+from trainer.model import VAE
 
-__all__ = ["save_grid", "save_curves", "read_metrics"]
+__all__ = ["save_grid", "save_epoch_grids", "save_curves", "read_metrics"]
 
 
 def save_grid(images: np.ndarray, path: Path, nrow: int = 8, scale: int = 0) -> None:
@@ -33,7 +35,24 @@ def save_grid(images: np.ndarray, path: Path, nrow: int = 8, scale: int = 0) -> 
         img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()), durable=False)
+
+
+@torch.no_grad()
+def save_epoch_grids(model: VAE, x_val: torch.Tensor, seed: int, epoch: int, folder: Path) -> None:
+    """8 validation images over their reconstructions (decoded posterior means), and 16 prior samples
+    decoded from the same z every epoch, so the grids of successive epochs compare directly."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = x_val[:8]
+    mu, _ = model.encode(x)
+    pair = torch.cat([x, model.decode_mean(mu)]).float().cpu().numpy()
+    z = torch.randn((16, model.cfg.latent_dim), generator=g).to(x.device)
+    samples = model.decode_mean(z).float().cpu().numpy()
+    model.train(was_training)
+    save_grid(pair, folder / f"epoch{epoch:04d}-reconstructions.png", nrow=len(x))
+    save_grid(samples, folder / f"epoch{epoch:04d}-samples.png", nrow=8)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -82,4 +101,4 @@ def save_curves(metrics_path: Path, out: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
+    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()), durable=False)

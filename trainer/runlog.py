@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from trainer.checkpoint import atomic_write_bytes
 
-__all__ = ["RunLog", "write_config", "truncate_metrics"]
+__all__ = ["RunLog", "write_config", "truncate_metrics", "epoch_row"]
 
 log = logging.getLogger("trainer")
 
@@ -53,6 +54,38 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, lambda f: f.write(data))
 
 
+def epoch_row(
+    m: dict[str, Any],
+    *,
+    epoch: int,
+    step: int,
+    latent_dim: int,
+    skipped_steps: int,
+    collapse_reason: str | None,
+    beta: float,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """The `epoch` row of metrics.jsonl from the validation metrics `m` (see docs/trainer.md)."""
+    return {
+        "type": "epoch",
+        "epoch": epoch,
+        "step": step,
+        "val_rec": m["rec"],
+        "val_kl": m["kl"],
+        "val_neg_elbo": m["neg_elbo"],
+        "kl_per_dim": m["kl_per_dim"],
+        "active_units": m["active_units"],
+        "latent_dim": latent_dim,
+        "mi": m["mi"],
+        "skipped_steps": skipped_steps,
+        "collapse": collapse_reason is not None,
+        "collapse_reason": collapse_reason,
+        "beta": beta,
+        "train_seconds": round(train_seconds, 3),
+        "time": round(time.time(), 3),
+    }
+
+
 class RunLog:
     def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
         self.enabled = enabled
@@ -72,7 +105,14 @@ class RunLog:
     def write(self, row: dict[str, Any]) -> None:
         if self._f is None:
             return
-        self._f.write(json.dumps(_clean(row)) + "\n")
+        flat = all(isinstance(v, int | float | str | bool) or v is None for v in row.values())
+        # Per-step rows are flat: a cheap NaN -> null pass instead of the recursive one.
+        clean = (
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            if flat
+            else _clean(row)
+        )
+        self._f.write(json.dumps(clean) + "\n")
         if self._tb is not None:
             kind = row.get("type")
             for k, v in row.items():

@@ -6,6 +6,7 @@ the epoch. Continuing from a checkpoint therefore replays exactly the same steps
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -13,20 +14,21 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from trainer.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from trainer.augment import augment_batch, augmentation_generator
+from trainer.checkpoint import save_checkpoint
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import fingerprint, load_images, split_images
 from trainer.diagnostics import collapse_check, evaluate_batches
-from trainer.errors import CheckpointError, ConfigError, DataError, TrainingFailed
+from trainer.errors import ConfigError, DataError, TrainingFailed
 from trainer.model import VAE, build_model
-from trainer.objective import beta_at, elbo_terms, lr_at
+from trainer.objective import beta_at, elbo_terms, epochs_within_budget, lr_at, warmup_end
 from trainer.optim import build_optimizer, validate_train_config
-from trainer.plots import save_curves, save_grid
-from trainer.runlog import RunLog, truncate_metrics, write_config
+from trainer.plots import save_curves, save_epoch_grids
+from trainer.run_checkpoints import RunCheckpoints
+from trainer.runlog import RunLog, epoch_row, truncate_metrics, write_config
 from trainer.runtime import Runtime, all_reduce_max, all_reduce_min, setup_runtime, teardown_runtime
 
 __all__ = ["train"]
@@ -49,7 +51,7 @@ def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-class _Run:
+class _Run(RunCheckpoints):
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, rt: Runtime, resume: bool) -> None:
         self.mcfg, self.cfg, self.rt = model_cfg, cfg, rt
         self.out = Path(cfg.out_dir)
@@ -114,86 +116,9 @@ class _Run:
             if resume:
                 truncate_metrics(self.out / "metrics.jsonl", self.step)
         self.runlog = RunLog(self.out, rt.is_main, cfg.tensorboard)
-        self._last_curves = time.monotonic()
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def _restore(self) -> None:
-        path = self.out / "last.pt"
-        if not path.exists():
-            raise CheckpointError(str(path), "nothing to resume: no last.pt in the run folder")
-        ck = load_checkpoint(path)
-        if ck["model_config"] != self.mcfg.to_dict():
-            raise CheckpointError(str(path), "model config differs from the run being resumed")
-        if ck["data"]["fingerprint"] != self.data_info["fingerprint"]:
-            raise CheckpointError(
-                str(path), "the training data changed since this checkpoint (fingerprint mismatch)"
-            )
-        self.model.load_state_dict(ck["model_state"])
-        self.opt.load_state_dict(ck["optimizer_state"])
-        torch.set_rng_state(ck["rng_state"]["torch"])
-        if "cuda" in ck["rng_state"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng_state"]["cuda"])
-        self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
-        sched = ck["scheduler_state"]
-        self.batch_in_epoch = int(sched["batch_in_epoch"])
-        # --epochs may extend a finished run; a time budget keeps the stored plan and re-plans below.
-        stored_plan = int(sched["planned_epochs"])
-        self.planned_epochs = (
-            self.cfg.epochs if self.cfg.max_minutes <= 0 else min(self.cfg.epochs, stored_plan)
-        )
-        self.train_seconds = float(sched["train_seconds"])
-        self.skipped_total = int(sched["skipped_total"])
-        if self.cfg.num_threads == 0 and self.rt.device.type == "cpu" and not self.rt.distributed:
-            # Same thread count as before the interruption: CPU reductions may split work by thread.
-            torch.set_num_threads(int(sched.get("num_threads", torch.get_num_threads())))
-        self.best = float(ck["best_metric"]) if ck["best_metric"] is not None else math.inf
-        self.last_metrics = dict(ck.get("metrics") or {})
-        if self.cfg.max_minutes > 0 and self.epoch >= self.planned_epochs:
-            self._plan_budget()
-        log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
-
-    def _state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if self.rt.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "model_config": self.mcfg.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "likelihood": self.mcfg.likelihood,
-            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer_state": self.opt.state_dict(),
-            "scheduler_state": {
-                "kind": "warmup_cosine" if self.cfg.cosine else "warmup_constant",
-                "total_steps": self.total_steps,
-                "planned_epochs": self.planned_epochs,
-                "batch_in_epoch": self.batch_in_epoch,
-                "train_seconds": self.train_seconds,
-                "skipped_total": self.skipped_total,
-                "num_threads": torch.get_num_threads(),
-            },
-            "rng_state": rng,
-            "step": self.step,
-            "epoch": self.epoch,
-            "data": dict(self.data_info),
-            "metrics": self.last_metrics,
-            "best_metric": None if math.isinf(self.best) else self.best,
-        }
-
-    def _save(self, best: bool) -> None:
-        if not self.rt.is_main:
-            return
-        for name, p in self.model.named_parameters():
-            if not bool(torch.isfinite(p).all()):
-                raise TrainingFailed(
-                    f"parameter {name} is not finite at step {self.step}; nothing saved "
-                    "(lower --lr or use --grad-clip)"
-                )
-        self.runlog.flush()
-        state = self._state()
-        save_checkpoint(self.out / "last.pt", state)
-        if best:
-            # last.pt is replaced by rename on the next save, so a hard link keeps this version as best.
-            link_checkpoint(self.out / "last.pt", self.out / "best.pt")
+        self._last_curves = self._last_save = time.monotonic()
+        self._saved_step = -1
+        self._pending_best: dict[str, Any] | None = None  # best state not yet on disk (see _end_epoch)
 
     @property
     def total_steps(self) -> int:
@@ -215,8 +140,11 @@ class _Run:
         finally:
             self.runlog.close()
         if self.rt.is_main:
-            if self.batch_in_epoch:  # stopped by the time budget inside an epoch
+            if self._saved_step != self.step:  # e.g. stopped by the time budget inside an epoch
                 self._save(best=False)
+            if self._pending_best is not None:
+                save_checkpoint(self.out / "best.pt", self._pending_best)
+                self._pending_best = None
             if not (self.out / "best.pt").exists():
                 self._save(best=True)
             save_curves(self.out / "metrics.jsonl", self.out / "curves.png")
@@ -269,6 +197,9 @@ class _Run:
             if rt.distributed:
                 idx = idx[rt.rank :: rt.world_size]
             x = self.x_train[idx]
+            if cfg.hflip or cfg.shift:
+                g = augmentation_generator(cfg.seed, self.step, rt.device)
+                x = augment_batch(x, hflip=cfg.hflip, shift=cfg.shift, generator=g)
             lr = lr_at(
                 self.step,
                 lr=cfg.lr,
@@ -376,7 +307,7 @@ class _Run:
             active_threshold=cfg.active_threshold,
             mi_points=cfg.mi_points,
         )
-        after_warmup = self.step >= self._warmup_end()
+        after_warmup = self.step >= warmup_end(cfg, self.total_steps)
         reason = collapse_check(
             m,
             latent_dim=self.mcfg.latent_dim,
@@ -386,23 +317,16 @@ class _Run:
         )
         if reason:
             log.warning("epoch %d: %s", self.epoch, reason)
-        row = {
-            "type": "epoch",
-            "epoch": self.epoch,
-            "step": self.step,
-            "val_rec": m["rec"],
-            "val_kl": m["kl"],
-            "val_neg_elbo": m["neg_elbo"],
-            "kl_per_dim": m["kl_per_dim"],
-            "active_units": m["active_units"],
-            "latent_dim": self.mcfg.latent_dim,
-            "mi": m["mi"],
-            "skipped_steps": self.skipped_total,
-            "collapse": reason is not None,
-            "collapse_reason": reason,
-            "beta": self._beta(self.step),
-            "train_seconds": round(self.train_seconds, 3),
-        }
+        row = epoch_row(
+            m,
+            epoch=self.epoch,
+            step=self.step,
+            latent_dim=self.mcfg.latent_dim,
+            skipped_steps=self.skipped_total,
+            collapse_reason=reason,
+            beta=self._beta(self.step),
+            train_seconds=self.train_seconds,
+        )
         self.runlog.write(row)
         log.info(
             "epoch %d/%d  val rec %.2f  KL %.2f  -ELBO %.2f  AU %d/%d  MI %.2f  skipped %d",
@@ -420,35 +344,23 @@ class _Run:
         is_best = m["neg_elbo"] < self.best
         if is_best:
             self.best = m["neg_elbo"]
-        self._save(best=is_best)
+        # With fast epochs, serialising and fsyncing the checkpoint each epoch would dominate the run:
+        # last.pt is written at most every ckpt_every_s seconds (and at the end); a better model found in
+        # between is kept in memory and written as best.pt with the next save.
+        final = self.epoch >= self.planned_epochs
+        if final or time.monotonic() - self._last_save >= cfg.ckpt_every_s:
+            self._save(best=is_best)
+            if not is_best and self._pending_best is not None:
+                save_checkpoint(self.out / "best.pt", self._pending_best)
+            self._pending_best = None
+        elif is_best:
+            self._pending_best = copy.deepcopy(self._state())
         if cfg.grids:
-            self._grids()
+            save_epoch_grids(self.model, self.x_val, self.cfg.seed, self.epoch, self.out / "grids")
         now = time.monotonic()
         if now - self._last_curves >= cfg.curves_every_s:
             save_curves(self.out / "metrics.jsonl", self.out / "curves.png")
             self._last_curves = time.monotonic()
-
-    def _warmup_end(self) -> int:
-        c = self.cfg
-        if c.beta_schedule in ("linear", "sigmoid"):
-            return c.beta_warmup_steps
-        if c.beta_schedule == "cyclical":
-            return int(self.total_steps / max(1, c.beta_cycles) * c.beta_ratio)
-        return 0
-
-    @torch.no_grad()
-    def _grids(self) -> None:
-        self.model.eval()
-        g = torch.Generator().manual_seed(self.cfg.seed + 1)
-        x = self.x_val[:8]
-        mu, _ = self.model.encode(x)
-        rec = self.model.decode_mean(mu)
-        pair = torch.cat([x, rec]).float().cpu().numpy()
-        z = torch.randn((16, self.mcfg.latent_dim), generator=g).to(self.rt.device)
-        samples = self.model.decode_mean(z).float().cpu().numpy()
-        self.model.train()
-        save_grid(pair, self.out / "grids" / f"epoch{self.epoch:04d}-reconstructions.png", nrow=len(x))
-        save_grid(samples, self.out / "grids" / f"epoch{self.epoch:04d}-samples.png", nrow=8)
 
     def _plan_budget(self) -> None:
         """With --max-minutes: after each epoch, set the planned epoch count (at most `epochs`) so that the
@@ -458,9 +370,8 @@ class _Run:
         if cfg.max_minutes <= 0 or self.epoch == 0:
             return
         per_epoch = self.train_seconds / self.epoch
-        left = cfg.max_minutes * 60 - self.train_seconds
-        fit = self.epoch + int(np.floor(max(0.0, left) / max(per_epoch, 1e-9)))
-        plan = int(all_reduce_min(self.rt, float(min(cfg.epochs, fit))))
+        fit = epochs_within_budget(self.epoch, self.train_seconds, cfg.max_minutes * 60, cfg.epochs)
+        plan = int(all_reduce_min(self.rt, float(fit)))
         if plan != self.planned_epochs:
             log.info(
                 "time budget %g min: %.1f s per epoch, planning %d epochs instead of %d",

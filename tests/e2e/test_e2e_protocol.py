@@ -176,7 +176,7 @@ def test_queue_full_is_resource_exhausted(model_dir):
     """max_queue=1 with requests piling up on one graph: the overflow gets RESOURCE_EXHAUSTED."""
     import threading
 
-    with ServerThread(settings_for(model_dir, max_queue=1)) as srv, srv.channel() as ch:
+    with ServerThread(settings_for(model_dir, max_queue=1, inference_workers=1)) as srv, srv.channel() as ch:
         stub = stub_for(ch)
         decoder = srv.server.decoder
         gate = threading.Event()

@@ -44,23 +44,25 @@ def test_gaussian_kl_diag_matches_univariate_formula() -> None:
 
 def test_long_half_life_window_equals_plain_statistics() -> None:
     rng = np.random.default_rng(1)
-    mu = rng.normal(0.5, 2.0, size=(300, 5))
-    logvar = rng.normal(-1.0, 0.3, size=(300, 5))
+    # float32 inputs, as the encoder produces: the window computes per image in float32 and merges
+    # batch sums in float64, so it matches a float64 computation to float32 precision.
+    mu = rng.normal(0.5, 2.0, size=(300, 5)).astype(np.float32).astype(np.float64)
+    logvar = rng.normal(-1.0, 0.3, size=(300, 5)).astype(np.float32).astype(np.float64)
     win = LatentWindow(5, half_life=1e12)
     for start in range(0, 300, 37):   # uneven batches: the merge must not depend on how rows arrive
         win.update(mu[start:start + 37], logvar[start:start + 37])
     snap = win.snapshot()
     assert snap.images_total == 300
-    np.testing.assert_allclose(snap.mu_mean, mu.mean(axis=0), rtol=1e-9)
-    np.testing.assert_allclose(snap.mu_var, mu.var(axis=0), rtol=1e-7)
-    np.testing.assert_allclose(snap.posterior_var_mean, np.exp(logvar).mean(axis=0), rtol=1e-9)
-    np.testing.assert_allclose(snap.kl_per_dim, kl_per_dim(mu, logvar).mean(axis=0), rtol=1e-9)
-    assert snap.kl_mean == pytest.approx(kl_per_dim(mu, logvar).sum(axis=1).mean(), rel=1e-9)
+    np.testing.assert_allclose(snap.mu_mean, mu.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(snap.mu_var, mu.var(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(snap.posterior_var_mean, np.exp(logvar).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(snap.kl_per_dim, kl_per_dim(mu, logvar).mean(axis=0), rtol=1e-5)
+    assert snap.kl_mean == pytest.approx(kl_per_dim(mu, logvar).sum(axis=1).mean(), rel=1e-5)
 
 
 def test_decay_weights_match_the_documented_formula_whatever_the_batching() -> None:
     rng = np.random.default_rng(2)
-    mu = rng.normal(size=(90, 3))
+    mu = rng.normal(size=(90, 3)).astype(np.float32).astype(np.float64)
     logvar = np.zeros((90, 3))
     h = 20.0
     w = 2.0 ** (-(np.arange(89, -1, -1)) / h)
@@ -73,8 +75,8 @@ def test_decay_weights_match_the_documented_formula_whatever_the_batching() -> N
     for win in (a, b):
         snap = win.snapshot()
         assert snap.window_images == pytest.approx(w.sum())
-        np.testing.assert_allclose(snap.mu_mean, mean, rtol=1e-9)
-        np.testing.assert_allclose(snap.mu_var, var, rtol=1e-9)
+        np.testing.assert_allclose(snap.mu_mean, mean, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(snap.mu_var, var, rtol=1e-5)
 
 
 def test_window_forgets_the_past() -> None:
@@ -184,6 +186,6 @@ def test_merge_is_batching_invariant(n: int, parts: int, h: float, seed: int) ->
     for chunk in np.array_split(np.arange(n), parts):
         many.update(mu[chunk], lv[chunk])
     a, b = one.snapshot(), many.snapshot()
-    np.testing.assert_allclose(a.mu_mean, b.mu_mean, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(a.mu_var, b.mu_var, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(a.kl_per_dim, b.kl_per_dim, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.mu_mean, b.mu_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.mu_var, b.mu_var, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.kl_per_dim, b.kl_per_dim, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from obs_helpers import value
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.errors import ModelError
 from service.metrics import ServiceMetrics, start_metrics_server
 
 D = 4
@@ -127,6 +128,7 @@ def test_latent_stats_off_registers_no_latent_families(reg: CollectorRegistry) -
     m = _metrics(reg, latent_stats=False)
     m.encoded(np.ones((8, D), np.float32), np.zeros((8, D), np.float32))
     m.latents("Sample", np.ones((8, D), np.float32))
+    assert m.flush()
     m.close()
     names = {s.name for fam in reg.collect() for s in fam.samples}
     assert not any(n.startswith("vae_latent_") and not n.startswith("vae_latent_images_dropped")
@@ -135,7 +137,8 @@ def test_latent_stats_off_registers_no_latent_families(reg: CollectorRegistry) -
 
 
 def test_bad_reference_is_a_precise_error(reg: CollectorRegistry) -> None:
-    with pytest.raises(ValueError, match=r"manifest reference: mu_mean has shape \[2\], expected \[4\]"):
+    expected = r"manifest.json: reference: mu_mean has shape \[2\], expected \[4\]"
+    with pytest.raises(ModelError, match=expected):
         _metrics(reg, reference={"mu_mean": [0, 0], "mu_var": [1] * 4, "posterior_var_mean": [1] * 4,
                                  "kl_per_dim": [1] * 4})
 

@@ -52,12 +52,12 @@ def test_kl_count_and_per_dim_values_match_direct_computation(make, encoder, dig
     d = encoder.manifest["latent_dim"]
     assert value(reg, "vae_latent_kl_per_sample_nats_count") == len(images)
     kl = 0.5 * (mu**2 + np.exp(lv) - 1.0 - lv)        # Kingma & Welling (2014), Appendix B
-    assert value(reg, "vae_latent_kl_per_sample_nats_sum") == pytest.approx(kl.sum(), rel=1e-9)
-    np.testing.assert_allclose(per_dim(reg, "vae_latent_mu_mean", d), mu.mean(0), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(per_dim(reg, "vae_latent_mu_var", d), mu.var(0), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(per_dim(reg, "vae_latent_posterior_var", d), np.exp(lv).mean(0), rtol=1e-7)
-    np.testing.assert_allclose(per_dim(reg, "vae_latent_kl_dim_nats", d), kl.mean(0), rtol=1e-7, atol=1e-9)
-    assert value(reg, "vae_latent_kl_mean_nats") == pytest.approx(kl.sum(1).mean(), rel=1e-9)
+    assert value(reg, "vae_latent_kl_per_sample_nats_sum") == pytest.approx(kl.sum(), rel=1e-5)
+    np.testing.assert_allclose(per_dim(reg, "vae_latent_mu_mean", d), mu.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(per_dim(reg, "vae_latent_mu_var", d), mu.var(0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(per_dim(reg, "vae_latent_posterior_var", d), np.exp(lv).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(per_dim(reg, "vae_latent_kl_dim_nats", d), kl.mean(0), rtol=1e-5, atol=1e-7)
+    assert value(reg, "vae_latent_kl_mean_nats") == pytest.approx(kl.sum(1).mean(), rel=1e-5)
     below_8 = int((kl.sum(1) <= 8.0).sum())
     assert value(reg, "vae_latent_kl_per_sample_nats_bucket", le="8.0") == below_8
     ref = encoder.manifest["reference"]

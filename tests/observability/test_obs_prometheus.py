@@ -56,9 +56,9 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         config = tmp / "prometheus.yml"
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {ALERTS}\n"
+            f"rule_files:\n  - {json.dumps(str(ALERTS))}\n"
             "scrape_configs:\n  - job_name: vae\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{srv.metrics_port}']\n")
+            f"      - targets: ['127.0.0.1:{srv.metrics_port}']\n", encoding="utf-8")
         proc = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],

@@ -73,3 +73,15 @@ def test_free_bits_per_dim_and_total() -> None:
     t.loss.backward()
     assert logvar.grad is not None and float(logvar.grad[0, 0]) == 0.0 and float(logvar.grad[0, 2]) != 0.0
     assert float(t.kl.detach()) == pytest.approx(float(kl_per_dim(mu, logvar).detach().sum(1).mean()))
+
+
+def test_time_budget_plan_and_warmup_end() -> None:
+    from trainer.config import TrainConfig
+    from trainer.objective import epochs_within_budget, warmup_end
+
+    assert epochs_within_budget(2, 20.0, 100.0, 50) == 10  # 10 s per epoch, 80 s left -> 8 more
+    assert epochs_within_budget(2, 20.0, 100.0, 5) == 5  # capped by --epochs
+    assert epochs_within_budget(3, 120.0, 100.0, 50) == 3  # over budget: stop here
+    assert warmup_end(TrainConfig(beta_schedule="linear", beta_warmup_steps=70), 1000) == 70
+    assert warmup_end(TrainConfig(beta_schedule="cyclical", beta_cycles=4, beta_ratio=0.5), 1000) == 125
+    assert warmup_end(TrainConfig(), 1000) == 0

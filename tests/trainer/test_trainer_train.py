@@ -199,3 +199,34 @@ def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["epoch"] == 2 and ck["step"] == 2 * steps
     assert [r["epoch"] for r in _rows(tmp_path / "run", "epoch")] == [1, 2]
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "gaussian_learned", "continuous_bernoulli"])
+def test_each_likelihood_trains(tmp_path: Path, likelihood: str) -> None:
+    m = ModelConfig(latent_dim=4, hidden=(32,), likelihood=likelihood, sigma=0.3)
+    _, t = _cfgs(tmp_path / "run", epochs=2, grids=False)
+    run = train(m, t)
+    steps = _rows(run, "step")
+    first = sum(r["rec"] for r in steps[:5]) / 5
+    last = sum(r["rec"] for r in steps[-5:]) / 5
+    assert last < first
+    state = load_checkpoint(run / "last.pt")["model_state"]
+    if likelihood == "gaussian_learned":
+        assert abs(float(state["likelihood.log_sigma"]) - math.log(0.3)) > 1e-3  # sigma was learned
+
+
+def test_bf16_autocast_option_runs(tmp_path: Path) -> None:
+    m, t = _cfgs(tmp_path / "run", epochs=1, bf16=True, grids=False)
+    run = train(m, t)
+    last = _rows(run, "epoch")[-1]
+    assert math.isfinite(last["val_neg_elbo"]) and last["skipped_steps"] == 0
+
+
+def test_best_checkpoint_is_the_best_epoch_even_when_saves_are_deferred(tmp_path: Path) -> None:
+    m, t = _cfgs(tmp_path / "run", epochs=4, ckpt_every_s=1e9, grids=False)  # only the final save is due
+    run = train(m, t)
+    epochs = _rows(run, "epoch")
+    best_row = min(epochs, key=lambda r: r["val_neg_elbo"])
+    best = load_checkpoint(run / "best.pt")
+    assert best["step"] == best_row["step"] and best["best_metric"] == pytest.approx(best_row["val_neg_elbo"])
+    assert load_checkpoint(run / "last.pt")["step"] == epochs[-1]["step"]
