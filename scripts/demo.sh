@@ -46,17 +46,21 @@ done
 "$VAE" health --target "127.0.0.1:$PORT"
 echo "server pid $SERVER on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$MPORT/metrics"
 
-step "5/6 call the service: GetModelInfo, Encode, Decode, Sample"
+step "5/6 call the service: GetModelInfo, Encode, Decode, Sample; scrape /metrics"
 T="127.0.0.1:$PORT"
-"$VAE" client --target "$T" info
-"$VAE" client --target "$T" encode --data digits --limit 8 --out "$DEMO/encoded.npz" | head -c 600; echo
-"$PY" -c "import numpy as np; np.save('$DEMO/z.npy', np.load('$DEMO/encoded.npz')['mu'])"
-"$VAE" client --target "$T" decode --z "$DEMO/z.npy" --grid "$DEMO/decoded.png" | head -c 600; echo
-"$VAE" client --target "$T" sample --n 64 --seed 7 --grid "$DEMO/samples.png" | head -c 600; echo
+"$VAE" client info --target "$T"
+"$VAE" client encode --target "$T" --data digits --limit 500 --out "$DEMO/encoded.npz"
+"$PY" -c "import numpy as np; np.save('$DEMO/z.npy', np.load('$DEMO/encoded.npz')['mu'][:16])"
+"$VAE" client decode --target "$T" --z "$DEMO/z.npy" --grid "$DEMO/decoded.png"
+"$VAE" client sample --target "$T" --n 64 --seed 7 --grid "$DEMO/samples.png"
+echo "latent health on /metrics after 500 encoded digits (the service's view of collapse and drift):"
+sleep 0.5  # the latent statistics are folded in by a background worker, off the request path
 "$PY" - "$MPORT" <<'PYEOF'
 import sys, urllib.request
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
-wanted = ("vae_active_units", "vae_posterior_collapse", "vae_drift_score", "vae_kl_per_sample_nats_count")
+wanted = ("vae_latent_active_units", "vae_latent_reference_active_units", "vae_latent_collapse ",
+          "vae_latent_drift_score", "vae_latent_kl_mean_nats", "vae_latent_kl_per_sample_nats_count",
+          'vae_requests_total{code="OK"')
 for line in text.splitlines():
     if line.startswith(wanted):
         print(line)
@@ -69,5 +73,5 @@ kill -TERM $SERVER; wait $SERVER || true; trap - EXIT
 step "done"
 echo "run folder:        $DEMO/run   (metrics.jsonl, curves.png, grids/, best.pt, last.pt)"
 echo "model folder:      $DEMO/model (encoder.onnx, decoder.onnx, manifest.json)"
-echo "samples:           $DEMO/samples.png   reconstructions of 8 digits: $DEMO/decoded.png"
+echo "samples:           $DEMO/samples.png   decoded posterior means of 16 digits: $DEMO/decoded.png"
 echo "generation job:    $DEMO/generated (shards + manifest.json)"

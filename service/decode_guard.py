@@ -1,21 +1,27 @@
 """Bytes that do not parse as the request message answer INVALID_ARGUMENT, not UNKNOWN.
 
 Without this, grpc's server turns a protobuf DecodeError raised by the request deserializer into
-UNKNOWN with the Python exception class in the message. The interceptor swaps each VaeService
-handler's deserializer for one that returns a marker instead of raising; the wrapped handler then
-aborts with INVALID_ARGUMENT before the servicer sees anything.
+UNKNOWN with the Python exception class in the message. Each VaeService handler's deserializer is
+swapped for one that returns a marker instead of raising; the wrapped handler then aborts with
+INVALID_ARGUMENT before the servicer sees anything.
+
+Why the handlers are wrapped once at registration (`add_guarded_servicer`) and not per call by a
+server interceptor: any grpc.aio interceptor sends every call through an extra coroutine chain and a
+handler look-up in Python, and this one also built new handler objects per call; at batch 1 that was
+measurable server CPU per request (docs/service.md, Performance). The token interceptor, when auth is
+on, still runs first and keeps the guarded deserializer (strangers learn nothing).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-__all__ = ["DecodeGuardInterceptor"]
+__all__ = ["add_guarded_servicer"]
 
 
 class _Undecodable:
@@ -38,33 +44,41 @@ def _safe(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes],
     return parse
 
 
-class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
-    """Applies to unary-request handlers under `prefix` (the VaeService methods)."""
+class _Collector:
+    """Stands in for the server in a generated `add_*Servicer_to_server`: keeps its method handlers."""
 
-    def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method or ""
-        if (
-            handler is None
-            or handler.request_streaming
-            or not method.startswith(self._prefix)
-            or handler.request_deserializer is None
-        ):
-            return handler
-        kw = {
-            "request_deserializer": _safe(handler.request_deserializer, method),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(_guard_stream(handler.unary_stream), **kw)
-        return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary), **kw)
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        return None
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers.update(handlers)
+
+
+def _guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.request_streaming or handler.request_deserializer is None:
+        return handler
+    kw = {
+        "request_deserializer": _safe(handler.request_deserializer, method),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(_guard_stream(handler.unary_stream), **kw)
+    return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary), **kw)
+
+
+def add_guarded_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, service: str,
+                         server: grpc.aio.Server) -> None:
+    """Register `servicer` like the generated `add_to_server` would, with every unary-request
+    handler guarded against undecodable bytes (once, here, instead of per call)."""
+    collected = _Collector()
+    add_to_server(servicer, collected)
+    handlers = {name: _guarded(h, f"/{service}/{name}") for name, h in collected.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:

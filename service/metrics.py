@@ -106,6 +106,11 @@ class ServiceMetrics:
                                 ["reason"], registry=r)
         for reason in ("queue_full", "nonfinite", "shape"):
             self._dropped.labels(reason)
+        # Labelled children cached by label values: `labels()` costs a lock, a tuple and a dict look-up
+        # per call, several per request on the serving path. The label sets are small and fixed
+        # (methods, codes, graphs); prometheus-client returns the same child for the same labels, so
+        # a racing first fill between threads is harmless.
+        self._children: dict[tuple[str, ...], tuple] = {}
 
         self.latent_stats = latent_stats
         self._closed = False
@@ -135,20 +140,41 @@ class ServiceMetrics:
         self._worker.start()
 
     # ---- request metrics (inline; prometheus-client is thread-safe) ----
+    def _method(self, method: str) -> tuple:
+        key = ("method", method)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = (self._in_flight.labels(method), self._latency.labels(method))
+        return c
+
+    def _graph(self, graph: str) -> tuple:
+        key = ("graph", graph)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = (self._queue_wait.labels(graph), self._inference.labels(graph),
+                                       self._batch.labels(graph))
+        return c
+
     def request_started(self, method: str) -> None:
-        self._in_flight.labels(method).inc()
+        self._method(method)[0].inc()
 
     def request_finished(self, method: str, code: str, seconds: float) -> None:
-        self._in_flight.labels(method).dec()
-        self._requests.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+        in_flight, latency = self._method(method)
+        in_flight.dec()
+        key = ("requests", method, code)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = (self._requests.labels(method, code),)
+        c[0].inc()
+        latency.observe(seconds)
 
     def queue_wait(self, graph: str, seconds: float) -> None:
-        self._queue_wait.labels(graph).observe(seconds)
+        self._graph(graph)[0].observe(seconds)
 
     def inference(self, graph: str, seconds: float, batch_size: int) -> None:
-        self._inference.labels(graph).observe(seconds)
-        self._batch.labels(graph).observe(batch_size)
+        _, inference, batch = self._graph(graph)
+        inference.observe(seconds)
+        batch.observe(batch_size)
 
     def error(self, reason: str) -> None:
         self._errors.labels(reason).inc()

@@ -204,7 +204,17 @@ def test_error_mapping_table() -> None:
 def test_queue_full_server_still_serves_every_request_through_retries(tiny_model_dir) -> None:
     # max_queue=1 with many requests in flight: the server answers RESOURCE_EXHAUSTED to some,
     # and the client's backoff retries them until each one is served.
-    with ServerThread(tiny_model_dir, max_queue=1) as srv:
+    import threading
+
+    with ServerThread(tiny_model_dir, max_queue=1, inference_workers=1) as srv:
+        # Hold the decoder busy for the first calls (a stalled GPU), so the one-slot queue overflows
+        # for certain; the gate opens after a short while and the retries then get through.
+        decoder = srv.server.decoder
+        real = decoder._run
+        gate = threading.Event()
+        threading.Timer(0.5, gate.set).start()
+        decoder._run = lambda x: (gate.wait(10), real(x))[1]
+
         async def go() -> list:
             policy = RetryPolicy(max_attempts=30, initial_backoff=0.005, max_backoff=0.05)
             async with AsyncVaeClient(srv.target, retry=policy) as c:
