@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -162,24 +162,33 @@ class Batcher:
             for item in items:
                 self._on_wait(start - item.enqueued)
         x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+        run, finish = self._run, self._finish
 
-        def done(f: Future[list[np.ndarray]]) -> None:  # in the inference thread
+        # The run reports straight back to the loop from the inference thread: no concurrent Future
+        # done-callback in between (a lock, a condition and a callback list per request).
+        def work() -> None:  # in the inference thread
+            outs: list[np.ndarray] | None = None
+            error: BaseException | None = None
             try:
-                loop.call_soon_threadsafe(self._finish, items, f, start, len(x))
+                outs = run(x)
+            except BaseException as exc:  # handed to the requests in _finish, never lost
+                error = exc
+            try:
+                loop.call_soon_threadsafe(finish, items, outs, error, start, len(x))
             except RuntimeError:  # the loop closed under a late run: nobody waits for it
                 pass
 
-        self._executor.submit(self._run, x).add_done_callback(done)
+        self._executor.submit(work)
 
-    def _finish(self, items: list[_Item], f: Future[list[np.ndarray]], start: float, rows: int) -> None:
+    def _finish(self, items: list[_Item], outs: list[np.ndarray] | None, exc: BaseException | None,
+                start: float, rows: int) -> None:
         self._running -= 1
-        exc = f.exception()
-        if exc is not None:  # a failed run fails its own requests, never the batcher
+        if exc is not None or outs is None:  # a failed run fails its own requests, never the batcher
+            exc = exc if exc is not None else RuntimeError(f"{self.graph} run returned nothing")
             for item in items:
                 if not item.fut.done():
                     item.fut.set_exception(exc)
         else:
-            outs = f.result()
             if self._on_run is not None:
                 self._on_run(time.perf_counter() - start, rows)
             self.runs += 1
