@@ -261,6 +261,25 @@ def _load(
     results.put(asyncio.run(run()))
 
 
+def _py_spy(pid: int, out: Path, warmup: float, duration: float) -> threading.Thread:
+    """Sample the server with py-spy over the cell's measured window (speedscope JSON at `out`).
+    --nonblocking: the server is not paused for each sample, so the figures stay those of a free run."""
+
+    def record() -> None:
+        time.sleep(warmup)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d",
+               str(max(1, int(duration))), "-r", "200", "-f", "speedscope", "-o", str(out),
+               "--nonblocking", "--threads"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"  py-spy failed ({done.returncode}): {done.stderr.strip()[-300:]}", flush=True)
+
+    t = threading.Thread(target=record, daemon=True)
+    t.start()
+    return t
+
+
 def run_cell(
     port: int,
     method: str,
@@ -270,6 +289,7 @@ def run_cell(
     warmup: float,
     duration: float,
     server_pid: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -278,8 +298,11 @@ def run_cell(
         args=(port, method, _payload(method, batch, manifest), concurrency, warmup, duration, q, server_pid),
     )
     p.start()
+    spy = _py_spy(server_pid, profile, warmup, duration) if profile is not None else None
     r = q.get(timeout=warmup + duration + 120)
     p.join(timeout=30)
+    if spy is not None:
+        spy.join()
     lat = np.array(r["latencies"]) * 1000
     return {
         "method": method,
@@ -314,8 +337,10 @@ def bench_model(name: str, model_dir: Path, args: argparse.Namespace) -> dict[st
             for cell, method, batch, conc in CELLS:
                 if args.cells and cell not in args.cells:
                     continue
+                profile = (args.py_spy / f"{name}-{mode}-{cell.replace(' ', '-')}.speedscope.json"
+                           if args.py_spy else None)
                 r = run_cell(
-                    srv.port, method, batch, conc, manifest, args.warmup, args.duration, srv.proc.pid
+                    srv.port, method, batch, conc, manifest, args.warmup, args.duration, srv.proc.pid, profile
                 )
                 cells[cell] = r
                 print(
@@ -405,6 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs=argparse.REMAINDER,
         default=[],
         help="extra `vae serve` flags, e.g. --provider cuda (must come last)",
+    )
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile the server with py-spy (pip install py-spy) during each measured cell; "
+        "writes DIR/<model>-<mode>-<cell>.speedscope.json",
     )
     p.add_argument("--cache", type=Path, default=ROOT / ".bench" / "models")
     p.add_argument("--out", type=Path, default=ROOT / ".bench" / "serve.json")
