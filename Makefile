@@ -43,7 +43,6 @@ test-container: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check trainer exporter service client vae_cli bench tests || true
 	$(VENV)/bin/mypy service exporter client
 
 protos: $(STAMP)

@@ -12,7 +12,13 @@ import numpy as np
 
 from service.errors import InvalidArgument, LimitExceeded
 
-__all__ = ["Limits", "Validator", "NonFinite"]
+__all__ = ["Limits", "Validator", "NonFinite", "MAX_ABS_LATENT", "MAX_TEMPERATURE"]
+
+# The prior is N(0, I): a latent beyond 1e4 standard deviations is no code the decoder was trained on,
+# and finite but enormous values (~1e38) overflow the decoder's arithmetic into NaN images. Refuse them
+# up front instead of answering OK with NaN. The temperature bound keeps Sample's z inside that range.
+MAX_ABS_LATENT = 1e4
+MAX_TEMPERATURE = 1e3
 
 
 class NonFinite(InvalidArgument):
@@ -87,6 +93,10 @@ class Validator:
             raise InvalidArgument(f"{what}: latent dimension {z.shape[1]}, the model's is {self.latent_dim}")
         self._count(z.shape[0], what)
         self._finite(z, what)
+        peak = float(np.abs(z).max())
+        if peak > MAX_ABS_LATENT:
+            raise InvalidArgument(f"{what}: |z| reaches {peak:.4g}, over the bound {MAX_ABS_LATENT:g} "
+                                  "(the prior is N(0, I); such latents overflow the decoder)")
         return z if z.dtype == np.float32 else z.astype(np.float32)
 
     def reply_fits(self, rows: int, uint8: bool, latents: bool, what: str) -> None:
@@ -114,6 +124,9 @@ class Validator:
             temperature = 1.0
         elif not math.isfinite(temperature) or temperature <= 0:
             raise InvalidArgument(f"temperature must be finite and > 0, got {temperature}")
+        elif temperature > MAX_TEMPERATURE:
+            raise InvalidArgument(f"temperature {temperature:g} is over the bound {MAX_TEMPERATURE:g} "
+                                  "(it scales the prior's standard deviation)")
         # chunk_size is ignored by unary Sample (one message); it only cuts SampleStream, so only a
         # stream checks it (a default_chunk_size above max_sample_n must not fail every unary Sample).
         chunk = chunk_size or self.limits.default_chunk_size

@@ -98,6 +98,8 @@ CASES: list[tuple[str, tuple[str, Any], grpc.StatusCode, str]] = [
     ("decode-rank-1", _dec(tensor(np.zeros(D, np.float32))), IA, "rank"),
     ("decode-nan", _dec(_z(fill=math.nan)), IA, "NaN"),
     ("decode-f16-inf", _dec(_z(fill=math.inf, dtype=np.float16)), IA, "NaN/Inf"),
+    # finite but enormous latents overflowed the decoder into NaN images answered OK: now refused
+    ("decode-huge-latents", _dec(_z(fill=3e38)), IA, "over the bound"),
     ("decode-empty-batch", _dec(_z(n=0)), IA, "batch axis is 0"),
     ("decode-missing-z", _dec(), IA, "missing"),
     ("decode-unknown-format", _dec(_z(), format=7), IA, "format"),
@@ -108,6 +110,7 @@ CASES: list[tuple[str, tuple[str, Any], grpc.StatusCode, str]] = [
     ("sample-n-huge", _smp(n=2**32 - 1), IA, "max_sample_n"),
     ("sample-n-over-limit", _smp(n=65), IA, "max_sample_n"),
     ("sample-temperature-0", _smp(n=2, temperature=0.0), IA, "temperature"),
+    ("sample-temperature-huge", _smp(n=2, temperature=1e30), IA, "over the bound"),
     ("sample-temperature-negative", _smp(n=2, temperature=-1.0), IA, "temperature"),
     ("sample-temperature-nan", _smp(n=2, temperature=math.nan), IA, "temperature"),
     ("sample-temperature-inf", _smp(n=2, temperature=math.inf), IA, "temperature"),
