@@ -33,9 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import serve_command  # noqa: E402
+
 __all__ = ["main"]
 
-DATA = Path("/work/shared/data/fashion-mnist-4k")
+DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-4k"  # ../shared beside the checkout
 CACHE = ROOT / ".bench"
 
 
@@ -101,20 +103,7 @@ class Server:
 
     def __init__(self, model_dir: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        args = [
-            sys.executable,
-            "-m",
-            "vae_cli.main",
-            "serve",
-            "--model-dir",
-            str(model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ]
+        args = serve_command(model_dir)
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         self.port = 0
         for line in self.proc.stderr:  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
-__all__ = ["Call", "LoadResult", "run_load", "run_load_in_thread", "percentile", "METHODS"]
+__all__ = ["Call", "LoadResult", "run_load", "run_load_in_thread", "percentile", "METHODS", "serve_command"]
 
 METHODS = ("Encode", "Decode", "Sample", "Reconstruct")
 
@@ -178,3 +179,9 @@ def run_load_in_thread(target: str, **kw: Any) -> tuple[threading.Thread, dict[s
     thread = threading.Thread(target=main, name="loadgen", daemon=True)
     thread.start()
     return thread, box
+
+
+def serve_command(model_dir: object, *extra: str) -> list[str]:
+    """argv of `vae serve` on loopback, gRPC and metrics on free ports (0), for a child process."""
+    return [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir),
+            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *extra]

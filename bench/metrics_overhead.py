@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 __all__ = ["main"]
 
-DATA = Path("/work/shared/data/fashion-mnist-4k")
+DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-4k"  # ../shared beside the checkout
 CACHE = ROOT / ".bench"
 # (cell name, method, images per request, concurrent requests)
 CELLS = [

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 __all__ = ["main"]
 
-DATA = Path("/work/shared/data/fashion-mnist-4k")
+DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-4k"  # ../shared beside the checkout
 # (cell name, method, rows per request, concurrency)
 CELLS = [
     ("decode b256 c4", "Decode", 256, 4),

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import run_load_in_thread  # noqa: E402
+from bench.loadgen import run_load_in_thread, serve_command  # noqa: E402
 
 __all__ = ["soak", "main"]
 
@@ -69,20 +69,7 @@ def _start_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vae_cli.main",
-                "serve",
-                "--model-dir",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-            ],
+            serve_command(model_dir),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=fh,
