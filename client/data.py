@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def _idx(path: Path) -> np.ndarray:
         raise _fail(path, "truncated IDX header")
     shape = tuple(int.from_bytes(buf[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
     dtype = _IDX_TYPES[buf[2]]
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact: np.prod wraps at 2**64 and a forged header could pass
+    if count == 0:
+        raise _fail(path, f"IDX header shape {list(shape)} holds no pixels")
     if len(buf) - start != count * dtype.itemsize:
         raise _fail(path, f"IDX header says {list(shape)} ({count * dtype.itemsize} data bytes), "
                           f"file holds {len(buf) - start}")

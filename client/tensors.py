@@ -4,6 +4,8 @@ The client keeps its own small codec (it may not import the service); both follo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from client.errors import ProtocolError
@@ -40,9 +42,13 @@ def from_tensor(tensor: vae_pb2.Tensor, what: str = "tensor") -> np.ndarray:
     shape = tuple(int(s) for s in tensor.shape)
     if any(s < 0 for s in shape):
         raise ProtocolError(f"server sent {what} with negative shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(shape) > 32:
+        raise ProtocolError(f"server sent {what} of rank {len(shape)}")
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod wraps at 2**64
     if len(tensor.data) != expected:
         raise ProtocolError(f"server sent {what} of shape {list(shape)} {dtype.name} with "
                             f"{len(tensor.data)} bytes, expected {expected}")
+    if math.prod(max(s, 1) for s in shape) * dtype.itemsize > 2**62:  # empty, beside enormous axes
+        raise ProtocolError(f"server sent {what} of shape {list(shape)}, too large to address")
     # Native order for callers; a copy, so the array owns writable memory.
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

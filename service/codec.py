@@ -17,6 +17,11 @@ WIRE_DTYPES: dict[int, np.dtype] = {
     vae_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
 }
 _CODES: dict[str, Any] = {np.dtype(v).str: k for k, v in WIRE_DTYPES.items()}
+# Served tensors are rank 2 (latents) or 4 (images); the validator names the exact rank it wants.
+# These two bounds only keep numpy's own reshape limits (64 axes, an intp-sized byte count, which
+# it checks over the non-zero axes even when another axis is 0) from surfacing as an internal error.
+MAX_RANK = 8
+_MAX_BYTES = 2**62
 
 
 def to_array(tensor: vae_pb2.Tensor, what: str) -> np.ndarray:
@@ -34,13 +39,18 @@ def to_array(tensor: vae_pb2.Tensor, what: str) -> np.ndarray:
         raise InvalidArgument(f"{what}: shape is empty; give the full shape, batch axis first")
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
-    count = 1
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"{what}: rank {len(shape)} is over the limit of {MAX_RANK} axes")
+    count, span = 1, dtype.itemsize
     for d in shape:
         count *= d
+        span *= max(d, 1)
     expected = count * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(f"{what}: {len(tensor.data)} data bytes, but shape {list(shape)} of "
                               f"{vae_pb2.DataType.Name(tensor.dtype)} needs {expected}")
+    if span > _MAX_BYTES:  # only an empty tensor gets here: a 0 axis beside enormous ones
+        raise InvalidArgument(f"{what}: shape {list(shape)} is too large to address")
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
 
 

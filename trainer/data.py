@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -65,13 +66,17 @@ def parse_idx(path: Path) -> np.ndarray:
         raise DataError(str(path), "truncated IDX header")
     shape = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[buf[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    # Exact integer product: np.prod wraps at 2**64, so a forged header could pass the size check.
+    count = math.prod(shape)
+    if count == 0:
+        raise DataError(str(path), f"header shape {shape} holds no pixels")
+    expected = count * dtype.itemsize
     got = len(buf) - header
     if got < expected:
         raise DataError(str(path), f"truncated: header says {shape} ({expected} bytes of data), found {got}")
     if got > expected:
         raise DataError(str(path), f"{got - expected} unexpected trailing bytes after {shape} images")
-    arr = np.frombuffer(buf, dtype=dtype, offset=header, count=int(np.prod(shape))).reshape(shape)
+    arr = np.frombuffer(buf, dtype=dtype, offset=header, count=count).reshape(shape)
     return arr if dtype == np.uint8 else arr.astype(np.float32)
 
 

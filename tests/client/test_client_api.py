@@ -225,3 +225,18 @@ def test_queue_full_server_still_serves_every_request_through_retries(tiny_model
         refused = srv.registry.get_sample_value("vae_requests_total",
                                                 {"method": "Sample", "code": "RESOURCE_EXHAUSTED"})
         assert refused and refused > 0  # the queue did overflow, and every refused call was retried
+
+
+def test_from_tensor_rejects_malformed_server_tensors() -> None:
+    from client.errors import ProtocolError
+    from client.tensors import from_tensor
+    from protos.vae.v1 import vae_pb2
+
+    f32 = vae_pb2.DATA_TYPE_FLOAT32
+    with pytest.raises(ProtocolError, match="too large to address"):
+        from_tensor(vae_pb2.Tensor(shape=[0, 588, 4938, 128476, 6181293], dtype=f32))
+    with pytest.raises(ProtocolError, match="0 bytes, expected 73786976294838206464"):  # np.prod: 0
+        from_tensor(vae_pb2.Tensor(shape=[2**32, 2**32], dtype=f32, data=b""))
+    with pytest.raises(ProtocolError, match="rank 40"):
+        from_tensor(vae_pb2.Tensor(shape=[0] * 40, dtype=f32))
+    assert from_tensor(vae_pb2.Tensor(shape=[0, 4], dtype=f32)).shape == (0, 4)

@@ -125,6 +125,9 @@ def test_dataset_formats(tmp_path: Path) -> None:
     (b"\x1f\x8b\x08garbage", "gzip"),
     (b"\x00\x00\x08\x01\x00\x00\x00\x02\x00\x00", "1 dimensions"),
     (b"hello world", "bad magic"),
+    # Forged sizes: 2**64 pixels (wraps to 0 in int64) and a 0 axis beside unaddressable ones.
+    (b"\x00\x00\x08\x04" + b"\x00\x01\x00\x00" * 4, "file holds 0"),
+    (b"\x00\x00\x08\x03\x00\x00\x00\x00" + b"\xff\xff\xff\xff" * 2, "holds no pixels"),
 ])
 def test_dataset_errors(tmp_path: Path, content: bytes, match: str) -> None:
     (tmp_path / "bad.idx").write_bytes(content)

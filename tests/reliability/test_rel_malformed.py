@@ -73,6 +73,8 @@ CASES: list[tuple[str, tuple[str, Any], grpc.StatusCode, str]] = [
     ("encode-negative-dim", _enc(_raw([-1, 1, 8, 8], F32, 256)), IA, "negative"),
     ("encode-empty-shape", _enc(_raw([], F32, 4)), IA, "shape is empty"),
     ("encode-huge-shape", _enc(_raw([2**62, 2**62, 1, 1], F32, 0)), IA, "data bytes"),
+    ("decode-empty-unaddressable-shape", _dec(_raw([0, 588, 4938, 128476, 6181293], F32, 0)), IA,
+     "too large to address"),
     # dtype and byte length
     ("encode-dtype-unspecified", _enc(_raw([1, *IMG], vae_pb2.DATA_TYPE_UNSPECIFIED, 256)), IA, "dtype"),
     ("encode-dtype-unknown-enum", _enc(_raw([1, *IMG], 77, 256)), IA, "dtype"),

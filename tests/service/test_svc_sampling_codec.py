@@ -60,6 +60,12 @@ def test_codec_rejects_bad_tensors():
         codec.to_array(vae_pb2.Tensor(shape=[-1, 2], dtype=vae_pb2.DATA_TYPE_FLOAT32), "z")
     with pytest.raises(InvalidArgument, match="dtype 9 is not supported"):
         codec.to_array(vae_pb2.Tensor(shape=[1], dtype=9, data=b"1234"), "z")
+    # An empty tensor whose other axes multiply past what numpy can address (found by the fuzz test).
+    huge = [0, 588, 4938, 128476, 6181293]
+    with pytest.raises(InvalidArgument, match=r"shape \[0, 588, .*too large to address"):
+        codec.to_array(vae_pb2.Tensor(shape=huge, dtype=vae_pb2.DATA_TYPE_FLOAT32), "z")
+    with pytest.raises(InvalidArgument, match="rank 70 is over the limit of 8 axes"):
+        codec.to_array(vae_pb2.Tensor(shape=[0] * 70, dtype=vae_pb2.DATA_TYPE_FLOAT32), "z")
 
 
 def test_validator_limits_and_messages():

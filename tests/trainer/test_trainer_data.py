@@ -107,6 +107,16 @@ def test_truncated(tmp_path: Path, u8: np.ndarray, gz: bool) -> None:
     assert str(p) in msg and "truncated" in msg
 
 
+@pytest.mark.parametrize("shape", [(2**16, 2**16, 2**16, 2**16), (0, 2**32 - 1, 2**32 - 1)])
+def test_forged_idx_header(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    # Sizes whose product wraps to 0 in int64, or a 0 axis beside axes too large to address: both
+    # once passed the byte-count check and crashed in numpy's reshape.
+    p = tmp_path / "f-images-idx3-ubyte"
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape))
+    msg = _err(str(p))
+    assert str(p) in msg and ("no pixels" in msg or "truncated" in msg)
+
+
 def test_empty_set(tmp_path: Path) -> None:
     p = tmp_path / "e.npy"
     np.save(p, np.zeros((0, 4, 4), dtype=np.uint8))
