@@ -97,6 +97,8 @@ def test_manifest_loads_and_checks(model_dir, tmp_path):
         load_model(load_manifest(d), Settings(model_dir=str(d), provider="cpu"))
 
 
+# onnxruntime warns before the service's own check refuses; the refusal is what is under test.
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_cuda_asked_without_gpu_is_refused(model_dir):
     import onnxruntime as ort
 
