@@ -27,15 +27,19 @@ from exporter.graphs import (
     DECODER_IO,
     ENCODER_IO,
     OPSET,
+    PARAMS_IO,
     DecoderGraph,
     EncoderGraph,
+    ParamsGraph,
     export_graph,
     graph_metadata,
+    likelihood_params,
 )
 from exporter.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, graph_entry, read_manifest
 from exporter.reference import reference_statistics
 from exporter.source import Source, TrainingData, load_source, load_training_data
 from exporter.triton import repository_conflicts, write_repository
+from trainer.scoring import elbo_reference
 from exporter.validate import BATCHES, FP16_TOLERANCE, TOLERANCE, parity, verify_model_dir
 from trainer.model import VAE
 
@@ -96,7 +100,9 @@ def _export_graphs(src: Source, stage: Path, meta: dict[str, Any], fp16: bool) -
     files: dict[str, Path] = {}
     for half in ([False, True] if fp16 else [False]):
         dtype = "float16" if half else "float32"
-        for graph, module, example, (ins, outs) in specs:
+        # The params graph (Score) is float32 only: likelihood scores need the precision.
+        for graph, module, example, (ins, outs) in specs + ([] if half else [
+                ("decoder_params", ParamsGraph(src.model), torch.randn(2, d), PARAMS_IO)]):
             key = f"{graph}_fp16" if half else graph
             path = stage / f"{key}.onnx"
             export_graph(module, example, path, input_names=ins, output_names=outs, fp16=half,
@@ -112,6 +118,9 @@ def _graph_entries(files: dict[str, Path], shape: list[int], d: int) -> dict[str
         if key.startswith("encoder"):
             io_in = [("x", [BATCH_DIM, *shape])]
             io_out = [("mu", [BATCH_DIM, d]), ("logvar", [BATCH_DIM, d])]
+        elif key == "decoder_params":
+            io_in = [("z", [BATCH_DIM, d])]
+            io_out = [("params", [BATCH_DIM, *shape])]
         else:
             io_in = [("z", [BATCH_DIM, d])]
             io_out = [("x_mean", [BATCH_DIM, *shape])]
@@ -140,6 +149,7 @@ def _manifest(src: Source, data: TrainingData, files: dict[str, Path], meta: dic
         "input_shape": shape,
         "latent_dim": d,
         "likelihood": src.model_cfg.likelihood,
+        "likelihood_params": likelihood_params(src.model),
         "arch": src.model_cfg.arch,
         "opset": OPSET,
         "graphs": _graph_entries(files, shape, d),
@@ -193,6 +203,8 @@ def export_model(source: Path, out_dir: Path, *, data: str | None = None, fp16: 
         try:
             reference = reference_statistics(_encode_fn(src.model), training.images,
                                              active_threshold=float(src.train_cfg.active_threshold))
+            # The training split's ELBO quantiles: the baseline of the served score metrics.
+            reference["elbo_per_sample"] = elbo_reference(src.model, training.images)
         except ValueError as exc:
             raise ExportError(f"reference statistics: {exc}") from None
         manifest = _manifest(src, training, files, meta, max_diff, reference, fp16)

@@ -29,8 +29,11 @@ __all__ = [
     "BATCH_DIM",
     "ENCODER_IO",
     "DECODER_IO",
+    "PARAMS_IO",
     "EncoderGraph",
     "DecoderGraph",
+    "ParamsGraph",
+    "likelihood_params",
     "export_graph",
     "graph_metadata",
     "set_metadata",
@@ -43,6 +46,7 @@ OPSET = 20
 BATCH_DIM = "N"
 ENCODER_IO: tuple[tuple[str, ...], tuple[str, ...]] = (("x",), ("mu", "logvar"))
 DECODER_IO: tuple[tuple[str, ...], tuple[str, ...]] = (("z",), ("x_mean",))
+PARAMS_IO: tuple[tuple[str, ...], tuple[str, ...]] = (("z",), ("params",))
 
 
 class EncoderGraph(nn.Module):
@@ -67,6 +71,30 @@ class DecoderGraph(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model.decode_mean(z)
         return out
+
+
+class ParamsGraph(nn.Module):
+    """z -> the likelihood's raw parameters (`model.decode`): logits for Bernoulli and continuous
+    Bernoulli, the mean for Gaussians. The service scores images with them (Score): a mean that went
+    through a saturated sigmoid would lose log-probability precision (log 0) where logits do not."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model.decode(z)
+        return out
+
+
+def likelihood_params(model: VAE) -> dict[str, float]:
+    """The likelihood's constants the service needs beside the params graph (manifest
+    `likelihood_params`): the effective log sigma of the Gaussians (the learned one as clamped)."""
+    lik = model.likelihood
+    log_sigma = getattr(lik, "_log_sigma", None)
+    if log_sigma is None:
+        return {}
+    return {"log_sigma": float(log_sigma().detach().float())}
 
 
 @contextlib.contextmanager

@@ -23,8 +23,9 @@ __all__ = [
 FORMAT = "vae-model-manifest"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-# Graph entries a manifest may hold; the first two are required.
-GRAPH_KEYS = ("encoder", "decoder", "encoder_fp16", "decoder_fp16")
+# Graph entries a manifest may hold; the first two are required. decoder_params (z -> the likelihood's
+# raw parameters, for Score) is optional: folders exported before it still serve everything else.
+GRAPH_KEYS = ("encoder", "decoder", "encoder_fp16", "decoder_fp16", "decoder_params")
 _DTYPES = ("float32", "float16")
 _REFERENCE_LISTS = ("mu_mean", "mu_var", "posterior_var_mean", "kl_per_dim")
 
@@ -79,7 +80,7 @@ def _check_graph(name: str, g: Any, input_shape: list[int], latent_dim: int) -> 
     encoder = name.startswith("encoder")
     want_in = [("x", ["N", *input_shape])] if encoder else [("z", ["N", latent_dim])]
     want_out = ([("mu", ["N", latent_dim]), ("logvar", ["N", latent_dim])] if encoder
-                else [("x_mean", ["N", *input_shape])])
+                else [("params" if name == "decoder_params" else "x_mean", ["N", *input_shape])])
     for side, want in (("inputs", want_in), ("outputs", want_out)):
         got = [(t.get("name"), t.get("shape")) for t in g[side] if isinstance(t, dict)]
         if got != want:

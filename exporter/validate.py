@@ -63,6 +63,8 @@ def _torch_outputs(model: VAE, graph: str, inp: np.ndarray) -> list[np.ndarray]:
     if graph.startswith("encoder"):
         mu, logvar = model.encode(t)
         return [mu.numpy(), logvar.numpy()]
+    if graph == "decoder_params":
+        return [model.decode(t).numpy()]
     return [model.decode_mean(t).numpy()]
 
 

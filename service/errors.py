@@ -17,6 +17,8 @@ __all__ = [
     "DeadlineExpired",
     "Cancelled",
     "Unavailable",
+    "NotFound",
+    "FailedPrecondition",
     "InferenceFailed",
     "ModelError",
     "SettingsError",
@@ -68,6 +70,20 @@ class Cancelled(ServiceError):
 class Unavailable(ServiceError):
     status = "UNAVAILABLE"
     reason = "unavailable"
+
+
+class NotFound(ServiceError):
+    """A request names a model or version this server does not serve."""
+
+    status = "NOT_FOUND"
+    reason = "not_found"
+
+
+class FailedPrecondition(ServiceError):
+    """The served model lacks what the call needs (e.g. Score on a folder without the params graph)."""
+
+    status = "FAILED_PRECONDITION"
+    reason = "failed_precondition"
 
 
 class InferenceFailed(ServiceError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    key: str  # encoder | decoder | encoder_fp16 | decoder_fp16
+    key: str  # encoder | decoder | encoder_fp16 | decoder_fp16 | decoder_params
     path: Path
     sha256: str
     size_bytes: int
@@ -50,6 +50,8 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     reference: dict[str, Any] | None
     raw: dict[str, Any]
+    # The likelihood's constants (e.g. log_sigma of the Gaussians) for Score; {} when none are recorded.
+    likelihood_params: dict[str, float] = field(default_factory=dict)
 
 
 def _require(mapping: Any, key: str, where: str) -> Any:
@@ -138,6 +140,13 @@ def load_manifest(model_dir: str | Path, *, fp16: bool = False) -> Manifest:
         raise ModelError(f"{path}: --fp16 asked, but the model has no float16 graphs "
                          "(export with `vae export --fp16`)")
     graphs = {k.removesuffix("_fp16"): _graph(folder, k, _require(entries, k, "graphs.")) for k in keys}
+    # Optional and always float32 (Score needs the precision): older exports lack it and serve the rest.
+    if isinstance(entries, dict) and "decoder_params" in entries:
+        graphs["decoder_params"] = _graph(folder, "decoder_params", entries["decoder_params"])
+    lik_params = raw.get("likelihood_params")
+    if lik_params is not None and not (isinstance(lik_params, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in lik_params.values())):
+        raise ModelError(f"{path}: likelihood_params must be an object of numbers, got {lik_params!r}")
     reference = raw.get("reference")
     return Manifest(
         path=path, sha256=hashlib.sha256(data).hexdigest(),
@@ -145,4 +154,5 @@ def load_manifest(model_dir: str | Path, *, fp16: bool = False) -> Manifest:
         model_version=str(_require(model, "version", "model.")),
         input_shape=(shape[0], shape[1], shape[2]), latent_dim=latent_dim,
         likelihood=str(raw.get("likelihood", "")), graphs=graphs,
-        reference=reference if isinstance(reference, dict) else None, raw=raw)
+        reference=reference if isinstance(reference, dict) else None, raw=raw,
+        likelihood_params={str(k): float(v) for k, v in (lik_params or {}).items()})

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from service.errors import ModelError
 from service.latent_collector import LatentCollector, LatentState
 from service.latent_stats import LatentReference, LatentWindow, finite_rows
+from service.score_metrics import ScoreMetrics
 
 __all__ = ["ServiceMetrics", "MetricsServer", "start_metrics_server", "DEFAULT_WINDOW"]
 
@@ -111,6 +112,7 @@ class ServiceMetrics:
         # (methods, codes, graphs); prometheus-client returns the same child for the same labels, so
         # a racing first fill between threads is harmless.
         self._children: dict[tuple[str, ...], tuple] = {}
+        self.scores = ScoreMetrics(r, model_name=model_name, model_version=model_version, reference=reference)
 
         self.latent_stats = latent_stats
         self._closed = False
@@ -229,6 +231,10 @@ class ServiceMetrics:
         marker = threading.Event()
         self._pending.append(marker)
         return marker.wait(timeout)
+
+    def scored(self, elbo: np.ndarray) -> None:
+        """Score's per-image ELBOs (histogram and fraction below the reference's 1st percentile)."""
+        self.scores.observe(elbo)
 
     def close(self, timeout: float = 10.0) -> None:
         """Fold in what is queued, then stop the worker. Idempotent; later calls to encoded() are no-ops."""

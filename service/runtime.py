@@ -128,6 +128,8 @@ class Model:
     encoder: Graph
     decoder: Graph
     provider: str
+    # z -> the likelihood's raw parameters (Score); None for folders exported without it.
+    params: Graph | None = None
     # Whether decoded rows are bitwise independent of the batch they ran in (probed at warm-up).
     rows_independent: bool = True
 
@@ -146,6 +148,8 @@ class Model:
         for n in sorted(set(batch_sizes)):
             self.encoder.run(rng.random((n, *self.image_shape), dtype=np.float32))
             self.decoder.run(rng.standard_normal((n, self.latent_dim), dtype=np.float32))
+            if self.params is not None:
+                self.params.run(rng.standard_normal((n, self.latent_dim), dtype=np.float32))
         z = rng.standard_normal((max(batch_sizes), self.latent_dim), dtype=np.float32)
         full = self.decoder.run(z)[0]
         probes = [(0, 1), (1, 3), (len(z) - 1, len(z))] if len(z) > 3 else [(0, 1)]
@@ -166,4 +170,13 @@ def load_model(manifest: Manifest, settings: Settings) -> Model:
     if encoder.provider != decoder.provider:
         log.warning("encoder runs on %s, decoder on %s", encoder.provider, decoder.provider)
     log.info("execution provider in use: %s (asked: %s)", decoder.provider, settings.provider)
-    return Model(manifest, encoder, decoder, decoder.provider)
+    params = None
+    if "decoder_params" in manifest.graphs:
+        params = Graph(manifest.graphs["decoder_params"], settings, providers)
+        if list(params.spec.outputs[0].shape[1:]) != shape or list(params.spec.inputs[0].shape[1:]) != [dim]:
+            raise ModelError(f"{manifest.path}: decoder_params shapes do not match input_shape {shape} / "
+                             f"latent_dim {dim}")
+    else:
+        log.warning("the model has no decoder_params graph: Score answers FAILED_PRECONDITION "
+                    "(re-export it with this exporter)")
+    return Model(manifest, encoder, decoder, decoder.provider, params=params)

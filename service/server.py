@@ -26,7 +26,8 @@ from service.auth import TokenAuthInterceptor
 from service.batching import Batcher, DirectRunner, fixed_blocks
 from service.decode_guard import add_guarded_servicer
 from service.errors import SettingsError
-from service.manifest import load_manifest
+from service.likelihoods import LogLikelihood, build_log_likelihood
+from service.manifest import Manifest, load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.runtime import Model, load_model
 from service.servicer import VaeServicer
@@ -90,6 +91,8 @@ class VaeServer:
                                             thread_name_prefix="vae-infer")
         self.encoder = self._runner("encoder", self.model.encoder.run)
         self.decoder = self._runner("decoder", self.model.decoder.run)
+        self.params = (self._runner("decoder_params", self.model.params.run)
+                       if self.model.params is not None else None)
         self._sample_gate = _Gate(self.decoder)
         self._sample_blocks: Any = None
         limits = Limits(settings.max_batch_per_request, settings.max_sample_n, settings.max_stream_n,
@@ -98,7 +101,7 @@ class VaeServer:
         self.servicer = VaeServicer(info=self.info, validator=Validator(manifest.input_shape,
                                                                         manifest.latent_dim, limits),
                                     encoder=self.encoder, decoder=self.decoder, sampler=self._sample_gate,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics, **self._score_parts(manifest))
         self.health = health_aio.HealthServicer()
         # No interceptor unless auth is on: grpc.aio runs every call through the interceptor chain in
         # Python, a cost per request (undecodable bytes are guarded in the handlers instead).
@@ -131,6 +134,21 @@ class VaeServer:
         self.metrics_port = 0
         self.ready = False
         self.load_seconds = time.perf_counter() - t0
+
+    def _score_parts(self, manifest: Manifest) -> dict[str, Any]:
+        """What Score needs (params graph and likelihood) and Traverse's ranking, or why Score cannot run."""
+        likelihood: LogLikelihood | None = None
+        problem = "the model was exported without a decoder_params graph; re-export it with `vae export`"
+        if self.params is not None:
+            try:
+                likelihood = build_log_likelihood(manifest.likelihood, manifest.likelihood_params)
+            except ValueError as exc:
+                problem = str(exc)
+        kl = (manifest.reference or {}).get("kl_per_dim")
+        ok_kl = isinstance(kl, list) and len(kl) == manifest.latent_dim and all(
+            isinstance(v, int | float) for v in kl)
+        return {"params": self.params if likelihood is not None else None, "likelihood": likelihood,
+                "likelihood_problem": problem, "kl_per_dim": kl if ok_kl else None}
 
     def _checked(self, run: Any) -> Any:
         """The graph's run plus a count of non-finite outputs, per batch, in the inference thread (off
@@ -233,7 +251,7 @@ class VaeServer:
                 self.servicer.in_flight or time.monotonic() - self.servicer.last_call < quiet):
             await asyncio.sleep(0.02)
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
-        for runner in (self.encoder, self.decoder, self._sample_blocks):
+        for runner in (self.encoder, self.decoder, self.params, self._sample_blocks):
             if runner is not None:
                 await runner.close()
         self._executor.shutdown(wait=False)

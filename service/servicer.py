@@ -17,6 +17,8 @@ import numpy as np
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from service import codec, sampling
 from service.errors import InvalidArgument, ServiceError, Unavailable, grpc_status, metric_reason
+from service.latent_rpcs import LatentRpcs
+from service.likelihoods import LogLikelihood
 from service.metrics import ServiceMetrics
 from service.validation import NonFinite, Validator
 
@@ -44,9 +46,12 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
+class VaeServicer(LatentRpcs, vae_pb2_grpc.VaeServiceServicer):
     def __init__(self, *, info: vae_pb2.ModelInfo, validator: Validator, encoder: Submitter,
-                 decoder: Submitter, sampler: Submitter, metrics: ServiceMetrics) -> None:
+                 decoder: Submitter, sampler: Submitter, metrics: ServiceMetrics,
+                 params: Submitter | None = None, likelihood: LogLikelihood | None = None,
+                 likelihood_problem: str = "the model was exported without a decoder_params graph",
+                 kl_per_dim: list[float] | None = None) -> None:
         self.info = info
         self.validator = validator
         self.encoder = encoder
@@ -62,6 +67,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         # When the latest call reached a handler (monotonic): the drain also waits for a quiet moment,
         # so that calls already received are answered (UNAVAILABLE) rather than cancelled by grpc's stop.
         self.last_call = 0.0
+        # Score / Interpolate / Traverse / Edit (service/latent_rpcs.py).
+        self.init_latent_rpcs(params=params, likelihood=likelihood, likelihood_problem=likelihood_problem,
+                              kl_per_dim=kl_per_dim)
 
     async def _fail(self, exc: Exception, context: grpc.aio.ServicerContext) -> str:
         status = grpc_status(exc)

@@ -252,6 +252,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = the cores not busy)")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument("--per-image", metavar="FILE.csv",
+                   help="also write per-image scores (index, elbo, log_px, kl, iwae; nats) with -k samples "
+                        "on the posterior noise the served Score uses for the same --seed")
     return p
 
 
@@ -283,8 +286,13 @@ def evaluate_main(argv: list[str]) -> int:
     except (TrainerError, ValueError) as exc:
         print(f"vae evaluate: error: {exc}", file=sys.stderr)
         return 2
+    per_image = out.pop("_per_image", None)
     text = json.dumps(out, indent=2)
     print(text)
+    if ns.per_image and per_image is not None:
+        from trainer.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(Path(ns.per_image), lambda f: f.write(per_image.encode()))
     if ns.out:
         from trainer.checkpoint import atomic_write_bytes
 
@@ -332,7 +340,16 @@ def _evaluate(ns: argparse.Namespace) -> dict[str, Any]:
     res = evaluate_model(
         model, images, k=ns.k, batch_size=ns.batch_size, seed=ns.seed, active_threshold=tcfg.active_threshold
     )
+    extra: dict[str, Any] = {}
+    if ns.per_image:
+        from trainer.scoring import score_images
+
+        sc = score_images(model.cpu(), images, k=ns.k, seed=ns.seed, batch_size=ns.batch_size)
+        rows = ["index,elbo,log_px,kl,iwae"] + [
+            f"{i},{sc.elbo[i]:.9g},{sc.log_px[i]:.9g},{sc.kl[i]:.9g},{sc.iwae[i]:.9g}" for i in range(len(sc.elbo))]
+        extra["_per_image"] = "\n".join(rows) + "\n"
     return {
+        **extra,
         "checkpoint": str(path),
         "data": data,
         "subset": subset,

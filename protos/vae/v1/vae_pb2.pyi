@@ -19,6 +19,12 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
     IMAGE_FORMAT_FLOAT32: _ClassVar[ImageFormat]
     IMAGE_FORMAT_UINT8: _ClassVar[ImageFormat]
+
+class InterpolationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTERPOLATION_METHOD_UNSPECIFIED: _ClassVar[InterpolationMethod]
+    INTERPOLATION_METHOD_LINEAR: _ClassVar[InterpolationMethod]
+    INTERPOLATION_METHOD_SPHERICAL: _ClassVar[InterpolationMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT16: DataType
@@ -26,6 +32,9 @@ DATA_TYPE_UINT8: DataType
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_FLOAT32: ImageFormat
 IMAGE_FORMAT_UINT8: ImageFormat
+INTERPOLATION_METHOD_UNSPECIFIED: InterpolationMethod
+INTERPOLATION_METHOD_LINEAR: InterpolationMethod
+INTERPOLATION_METHOD_SPHERICAL: InterpolationMethod
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -158,3 +167,139 @@ class ReconstructResponse(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("images", "k", "seed", "model", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    k: int
+    seed: int
+    model: str
+    version: str
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., seed: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("elbo", "log_px", "kl", "iwae", "k", "likelihood", "model", "version")
+    ELBO_FIELD_NUMBER: _ClassVar[int]
+    LOG_PX_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    IWAE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    elbo: _containers.RepeatedScalarFieldContainer[float]
+    log_px: _containers.RepeatedScalarFieldContainer[float]
+    kl: _containers.RepeatedScalarFieldContainer[float]
+    iwae: _containers.RepeatedScalarFieldContainer[float]
+    k: int
+    likelihood: str
+    model: str
+    version: str
+    def __init__(self, elbo: _Optional[_Iterable[float]] = ..., log_px: _Optional[_Iterable[float]] = ..., kl: _Optional[_Iterable[float]] = ..., iwae: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., likelihood: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("image", "z")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    image: Tensor
+    z: Tensor
+    def __init__(self, image: _Optional[_Union[Tensor, _Mapping]] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InterpolateRequest(_message.Message):
+    __slots__ = ("a", "b", "steps", "method", "format", "model", "version")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    a: Endpoint
+    b: Endpoint
+    steps: int
+    method: InterpolationMethod
+    format: ImageFormat
+    model: str
+    version: str
+    def __init__(self, a: _Optional[_Union[Endpoint, _Mapping]] = ..., b: _Optional[_Union[Endpoint, _Mapping]] = ..., steps: _Optional[int] = ..., method: _Optional[_Union[InterpolationMethod, str]] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class InterpolateResponse(_message.Message):
+    __slots__ = ("images", "z", "model", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    z: Tensor
+    model: str
+    version: str
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class TraverseRequest(_message.Message):
+    __slots__ = ("base", "dims", "n_dims", "low", "high", "steps", "format", "model", "version")
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    N_DIMS_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    base: Endpoint
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    n_dims: int
+    low: float
+    high: float
+    steps: int
+    format: ImageFormat
+    model: str
+    version: str
+    def __init__(self, base: _Optional[_Union[Endpoint, _Mapping]] = ..., dims: _Optional[_Iterable[int]] = ..., n_dims: _Optional[int] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., steps: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class TraverseResponse(_message.Message):
+    __slots__ = ("images", "z", "dims", "model", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    z: Tensor
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    model: str
+    version: str
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ..., dims: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class EditRequest(_message.Message):
+    __slots__ = ("images", "direction", "scales", "format", "model", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    direction: Tensor
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    format: ImageFormat
+    model: str
+    version: str
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., direction: _Optional[_Union[Tensor, _Mapping]] = ..., scales: _Optional[_Iterable[float]] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("images", "z", "model", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    z: Tensor
+    model: str
+    version: str
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...

@@ -65,6 +65,26 @@ class VaeServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/vae.v1.VaeService/Score',
+                request_serializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.Interpolate = channel.unary_unary(
+                '/vae.v1.VaeService/Interpolate',
+                request_serializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
+                _registered_method=True)
+        self.Traverse = channel.unary_unary(
+                '/vae.v1.VaeService/Traverse',
+                request_serializer=vae_dot_v1_dot_vae__pb2.TraverseRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.TraverseResponse.FromString,
+                _registered_method=True)
+        self.Edit = channel.unary_unary(
+                '/vae.v1.VaeService/Edit',
+                request_serializer=vae_dot_v1_dot_vae__pb2.EditRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.EditResponse.FromString,
+                _registered_method=True)
 
 
 class VaeServiceServicer:
@@ -113,6 +133,35 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Images -> ELBO per image (reconstruction log-likelihood under the model's own likelihood minus the
+        KL), in nats; with k > 1 also the importance-weighted estimate of log p(x) (Burda et al. 2016).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Interpolate(self, request, context):
+        """A path from a to b (images, encoded to their posterior means, or latents), decoded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Traverse(self, request, context):
+        """A grid that moves one latent dimension per row from a base latent, decoded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Edit(self, request, context):
+        """Images -> posterior mean + scale * direction for each scale, decoded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +194,26 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.SampleStream,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.SampleRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.SampleResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.SerializeToString,
+            ),
+            'Traverse': grpc.unary_unary_rpc_method_handler(
+                    servicer.Traverse,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.TraverseRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.TraverseResponse.SerializeToString,
+            ),
+            'Edit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Edit,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.EditRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.EditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +379,114 @@ class VaeService:
             '/vae.v1.VaeService/SampleStream',
             vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Score',
+            vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Interpolate',
+            vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Traverse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Traverse',
+            vae_dot_v1_dot_vae__pb2.TraverseRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.TraverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Edit',
+            vae_dot_v1_dot_vae__pb2.EditRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.EditResponse.FromString,
             options,
             channel_credentials,
             insecure,
