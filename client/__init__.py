@@ -15,6 +15,7 @@ from client.errors import (
     VaeClientError,
     VaeRpcError,
 )
+from client.latent_messages import EditResult, LatentPath, ScoreResult, TraverseResult
 from client.messages import EncodeResult, SampleResult
 
 __all__ = [
@@ -25,6 +26,10 @@ __all__ = [
     "make_config",
     "EncodeResult",
     "SampleResult",
+    "ScoreResult",
+    "LatentPath",
+    "TraverseResult",
+    "EditResult",
     "VaeClientError",
     "VaeRpcError",
     "InvalidArgumentError",

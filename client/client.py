@@ -8,7 +8,7 @@ splits large inputs into requests under the server's limits, and turns gRPC fail
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.channel import DEFAULT_MAX_MESSAGE_BYTES, ChannelConfig, RetryPolicy, read_bytes
 from client.errors import VaeRpcError, from_rpc_error
+from client.latent_messages import (
+    EditResult,
+    LatentPath,
+    ScoreResult,
+    TraverseResult,
+    attribute_direction,
+    edit_chunks,
+    edit_request,
+    interpolate_request,
+    join_scores,
+    read_edit,
+    read_path,
+    read_score,
+    read_traverse,
+    score_chunks,
+    score_request,
+    traverse_request,
+)
 from client.messages import (
     EncodeResult,
     SampleResult,
@@ -217,6 +235,51 @@ class VaeClient:
             if done < n:
                 raise VaeRpcError(grpc.StatusCode.DATA_LOSS, f"stream ended after {done} of {n} samples",
                                   method="SampleStream", target=self.target)
+
+    # -- latent-space calls (Score, Interpolate, Traverse, Edit) -----------------------------------
+    def score(self, images: np.ndarray, *, k: int = 1, seed: int | None = None,
+              timeout: float | None = None) -> ScoreResult:
+        """Per-image ELBO, its parts and (k > 1) the IWAE bound, nats. A call that fits one request
+        uses `seed` as is (the server's scores for that seed); later chunks get derived seeds."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        plan = self.plan()
+        arr = plan.check_images(as_wire_array(images, "images"))
+        parts = [read_score(self._unary("Score", score_request(arr[a:b], k, chunk_seed(seed, i)), timeout),
+                            b - a, k) for i, (a, b) in enumerate(score_chunks(plan, arr, k))]
+        return join_scores(parts, k)
+
+    def interpolate(self, a: np.ndarray, b: np.ndarray, *, steps: int = 8, method: str = "spherical",
+                    uint8: bool = False, timeout: float | None = None) -> LatentPath:
+        """A path from a to b (each an image, or a 1-D latent), endpoints included, decoded."""
+        plan = self.plan()
+        resp = self._unary("Interpolate", interpolate_request(a, b, steps, method, uint8), timeout)
+        return read_path(resp, steps, plan, uint8)
+
+    def traverse(self, base: np.ndarray, *, dims: Sequence[int] | None = None, n_dims: int = 0,
+                 low: float | None = None, high: float | None = None, steps: int = 7, uint8: bool = False,
+                 timeout: float | None = None) -> TraverseResult:
+        """Move one latent dimension per row from `base` (an image or a 1-D latent); no dims: the
+        most informative ones by the training reference's KL."""
+        plan = self.plan()
+        resp = self._unary("Traverse", traverse_request(base, dims, n_dims, low, high, steps, uint8), timeout)
+        return read_traverse(resp, steps, plan, uint8)
+
+    def edit(self, images: np.ndarray, direction: np.ndarray, *, scales: Sequence[float] = (1.0,),
+             uint8: bool = False, timeout: float | None = None) -> EditResult:
+        """Posterior mean + scale * direction, decoded, for every image and scale."""
+        plan = self.plan()
+        arr = plan.check_images(as_wire_array(images, "images"))
+        parts = [read_edit(self._unary("Edit", edit_request(arr[a:b], direction, scales, uint8), timeout),
+                           b - a, len(scales), plan, uint8)
+                 for a, b in edit_chunks(plan, arr, len(scales), uint8)]
+        return EditResult(np.concatenate([p.images for p in parts]), np.concatenate([p.z for p in parts]))
+
+    def attribute_direction(self, with_attribute: np.ndarray, without_attribute: np.ndarray, *,
+                            timeout: float | None = None) -> np.ndarray:
+        """The mean latent of images with an attribute minus that of images without it, [D]."""
+        return attribute_direction(self.encode(with_attribute, timeout=timeout).mu,
+                                   self.encode(without_attribute, timeout=timeout).mu)
 
 
 def as_latents(z: np.ndarray, d: int) -> np.ndarray:

@@ -39,9 +39,9 @@ from exporter.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, graph_entry
 from exporter.reference import reference_statistics
 from exporter.source import Source, TrainingData, load_source, load_training_data
 from exporter.triton import repository_conflicts, write_repository
-from trainer.scoring import elbo_reference
 from exporter.validate import BATCHES, FP16_TOLERANCE, TOLERANCE, parity, verify_model_dir
 from trainer.model import VAE
+from trainer.scoring import elbo_reference
 
 __all__ = ["export_model", "check_output_dir", "exporter_version"]
 

@@ -68,5 +68,6 @@ def traverse(base: np.ndarray, dims: list[int], values: np.ndarray) -> np.ndarra
 
 def edit(mu: np.ndarray, direction: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """mu_i + s_j * direction for every image i and scale j, image-major: [N * S, D] float32."""
-    z = mu[:, None, :] + scales.astype(np.float32)[None, :, None] * direction.astype(np.float32)[None, None, :]
+    step = direction.astype(np.float32)[None, None, :]
+    z = mu[:, None, :] + scales.astype(np.float32)[None, :, None] * step
     return z.reshape(-1, mu.shape[1]).astype(np.float32, copy=False)

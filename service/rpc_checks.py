@@ -130,6 +130,6 @@ class RpcChecks:
     def edited(self, z: np.ndarray) -> np.ndarray:
         peak = float(np.abs(z).max())
         if not math.isfinite(peak) or peak > MAX_ABS_LATENT:
-            raise InvalidArgument(f"edited latents reach |z| = {peak:.4g}, over the bound {MAX_ABS_LATENT:g}; "
-                                  "use smaller scales or a shorter direction")
+            raise InvalidArgument(f"edited latents reach |z| = {peak:.4g}, over the bound "
+                                  f"{MAX_ABS_LATENT:g}; use smaller scales or a shorter direction")
         return z

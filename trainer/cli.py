@@ -346,7 +346,8 @@ def _evaluate(ns: argparse.Namespace) -> dict[str, Any]:
 
         sc = score_images(model.cpu(), images, k=ns.k, seed=ns.seed, batch_size=ns.batch_size)
         rows = ["index,elbo,log_px,kl,iwae"] + [
-            f"{i},{sc.elbo[i]:.9g},{sc.log_px[i]:.9g},{sc.kl[i]:.9g},{sc.iwae[i]:.9g}" for i in range(len(sc.elbo))]
+            f"{i},{e:.9g},{r:.9g},{q:.9g},{w:.9g}"
+            for i, (e, r, q, w) in enumerate(zip(sc.elbo, sc.log_px, sc.kl, sc.iwae, strict=True))]
         extra["_per_image"] = "\n".join(rows) + "\n"
     return {
         **extra,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -111,37 +110,39 @@ def test_edit_adds_the_scaled_direction(stub, digits):
 def _bad_cases(digits: np.ndarray) -> list[tuple[str, object, str, grpc.StatusCode]]:
     x, z = digits[:2], np.zeros(4, np.float32)
     inv = grpc.StatusCode.INVALID_ARGUMENT
+    sc, ip = vae_pb2.ScoreRequest, vae_pb2.InterpolateRequest
+    tr, ed = vae_pb2.TraverseRequest, vae_pb2.EditRequest
     return [
-        ("Score", vae_pb2.ScoreRequest(), "images", inv),
-        ("Score", vae_pb2.ScoreRequest(images=tensor(x * 2)), "[0, 1]", inv),
-        ("Score", vae_pb2.ScoreRequest(images=tensor(x[:, :, :4])), "does not match", inv),
-        ("Score", vae_pb2.ScoreRequest(images=tensor(x), k=40), "2 images x k=40 = 80 rows exceed", inv),
-        ("Score", vae_pb2.ScoreRequest(images=tensor(x), model="other"), "model 'other' is not served",
+        ("Score", sc(), "images", inv),
+        ("Score", sc(images=tensor(x * 2)), "[0, 1]", inv),
+        ("Score", sc(images=tensor(x[:, :, :4])), "does not match", inv),
+        ("Score", sc(images=tensor(x), k=40), "2 images x k=40 = 80 rows exceed", inv),
+        ("Score", sc(images=tensor(x), model="other"), "model 'other' is not served",
          grpc.StatusCode.NOT_FOUND),
-        ("Score", vae_pb2.ScoreRequest(images=tensor(x), version="v0"), "version 'v0'", grpc.StatusCode.NOT_FOUND),
-        ("Interpolate", vae_pb2.InterpolateRequest(b=_ep(z=z), steps=3), "a: set image or z", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z), steps=1), "steps must be >= 2", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z), steps=65), "exceed", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z), steps=3, method=9),
+        ("Score", sc(images=tensor(x), version="v0"), "version 'v0'", grpc.StatusCode.NOT_FOUND),
+        ("Interpolate", ip(b=_ep(z=z), steps=3), "a: set image or z", inv),
+        ("Interpolate", ip(a=_ep(z=z), b=_ep(z=z), steps=1), "steps must be >= 2", inv),
+        ("Interpolate", ip(a=_ep(z=z), b=_ep(z=z), steps=65), "exceed", inv),
+        ("Interpolate", ip(a=_ep(z=z), b=_ep(z=z), steps=3, method=9),
          "unknown InterpolationMethod", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(x), b=_ep(z=z), steps=3), "a.image: 2 images", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=np.zeros(5, np.float32)), b=_ep(z=z), steps=3),
+        ("Interpolate", ip(a=_ep(x), b=_ep(z=z), steps=3), "a.image: 2 images", inv),
+        ("Interpolate", ip(a=_ep(z=np.zeros(5, np.float32)), b=_ep(z=z), steps=3),
          "latent dimension 5", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=z + np.nan), b=_ep(z=z), steps=3), "NaN", inv),
-        ("Interpolate", vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z), steps=3, format=7), "ImageFormat", inv),
-        ("Traverse", vae_pb2.TraverseRequest(base=_ep(z=z), dims=[4], steps=3), "dims: [4] out of range", inv),
-        ("Traverse", vae_pb2.TraverseRequest(base=_ep(z=z), n_dims=5, steps=3), "n_dims: 5", inv),
-        ("Traverse", vae_pb2.TraverseRequest(base=_ep(z=z), dims=[0], steps=3, low=1, high=1), "give a range", inv),
-        ("Traverse", vae_pb2.TraverseRequest(base=_ep(z=z), dims=[0], steps=3, low=float("inf")), "low", inv),
-        ("Traverse", vae_pb2.TraverseRequest(base=_ep(z=z), dims=[0, 1, 2], steps=30), "3 dims x 30 steps", inv),
-        ("Traverse", vae_pb2.TraverseRequest(dims=[0], steps=3), "base: set image or z", inv),
-        ("Edit", vae_pb2.EditRequest(images=tensor(x)), "direction", inv),
-        ("Edit", vae_pb2.EditRequest(images=tensor(x), direction=tensor(np.zeros(3, np.float32))),
+        ("Interpolate", ip(a=_ep(z=z + np.nan), b=_ep(z=z), steps=3), "NaN", inv),
+        ("Interpolate", ip(a=_ep(z=z), b=_ep(z=z), steps=3, format=7), "ImageFormat", inv),
+        ("Traverse", tr(base=_ep(z=z), dims=[4], steps=3), "dims: [4] out of range", inv),
+        ("Traverse", tr(base=_ep(z=z), n_dims=5, steps=3), "n_dims: 5", inv),
+        ("Traverse", tr(base=_ep(z=z), dims=[0], steps=3, low=1, high=1), "give a range", inv),
+        ("Traverse", tr(base=_ep(z=z), dims=[0], steps=3, low=float("inf")), "low", inv),
+        ("Traverse", tr(base=_ep(z=z), dims=[0, 1, 2], steps=30), "3 dims x 30 steps", inv),
+        ("Traverse", tr(dims=[0], steps=3), "base: set image or z", inv),
+        ("Edit", ed(images=tensor(x)), "direction", inv),
+        ("Edit", ed(images=tensor(x), direction=tensor(np.zeros(3, np.float32))),
          "latent dimension 3", inv),
-        ("Edit", vae_pb2.EditRequest(images=tensor(x), direction=tensor(z), scales=[float("nan")]), "scales", inv),
-        ("Edit", vae_pb2.EditRequest(images=tensor(x), direction=tensor(z + 9000), scales=[5.0]),
+        ("Edit", ed(images=tensor(x), direction=tensor(z), scales=[float("nan")]), "scales", inv),
+        ("Edit", ed(images=tensor(x), direction=tensor(z + 9000), scales=[5.0]),
          "edited latents", inv),
-        ("Edit", vae_pb2.EditRequest(images=tensor(x), direction=tensor(z), scales=[1.0] * 40),
+        ("Edit", ed(images=tensor(x), direction=tensor(z), scales=[1.0] * 40),
          "2 images x 40 scales", inv),
     ]
 
@@ -183,7 +184,8 @@ def test_old_model_folder_serves_but_score_is_failed_precondition(model_dir, dig
         code, details = _code(stub.Score, vae_pb2.ScoreRequest(images=tensor(digits[:2])))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "decoder_params" in details, details
         z = np.zeros(4, np.float32)
-        assert array(stub.Interpolate(vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z + 1), steps=3)).z).shape == (3, 4)
+        path = stub.Interpolate(vae_pb2.InterpolateRequest(a=_ep(z=z), b=_ep(z=z + 1), steps=3))
+        assert array(path.z).shape == (3, 4)
 
 
 def test_score_metrics_against_the_reference(model_dir, digits):
