@@ -236,7 +236,8 @@ class AsyncVaeClient:
                     uint8: bool = False, timeout: float | None = None) -> LatentPath:
         """A path from a to b (each an image, or a 1-D latent), endpoints included, decoded."""
         plan = await self.plan()
-        resp = await self._unary("Interpolate", interpolate_request(a, b, steps, method, uint8), timeout)
+        req = interpolate_request(a, b, steps, method, uint8, plan.latent_dim)
+        resp = await self._unary("Interpolate", req, timeout)
         return read_path(resp, steps, plan, uint8)
 
     async def traverse(self, base: np.ndarray, *, dims: Sequence[int] | None = None, n_dims: int = 0,
@@ -245,7 +246,7 @@ class AsyncVaeClient:
         """Move one latent dimension per row from `base` (an image or a 1-D latent); no dims: the
         most informative ones by the training reference's KL."""
         plan = await self.plan()
-        req = traverse_request(base, dims, n_dims, low, high, steps, uint8)
+        req = traverse_request(base, dims, n_dims, low, high, steps, uint8, plan.latent_dim)
         resp = await self._unary("Traverse", req, timeout)
         return read_traverse(resp, steps, plan, uint8)
 

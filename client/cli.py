@@ -13,6 +13,7 @@ import numpy as np
 
 from client.client import VaeClient
 from client.errors import DataError, VaeClientError
+from client.latent_cli import LATENT_COMMANDS, add_latent_args, latent_handlers
 from client.options import ArgParser, BadInput, add_connection_args, configs_from_args, fail
 
 __all__ = ["client_main", "health_main"]
@@ -27,7 +28,7 @@ def _grid_scale(shape: tuple[int, ...], scale: int | None) -> int:
 
 
 def _save_outputs(args: argparse.Namespace, arrays: dict[str, np.ndarray], images: np.ndarray | None,
-                  result: dict[str, Any]) -> None:
+                  result: dict[str, Any], ncol: int | None = None) -> None:
     from client.images import save_grid
     from client.shards import atomic_write_bytes, npz_bytes
 
@@ -35,7 +36,7 @@ def _save_outputs(args: argparse.Namespace, arrays: dict[str, np.ndarray], image
         atomic_write_bytes(Path(args.out), npz_bytes(arrays))
         result["out"] = str(Path(args.out).resolve())
     if images is not None and getattr(args, "grid", None):
-        save_grid(images, Path(args.grid), scale=_grid_scale(images.shape, args.scale))
+        save_grid(images, Path(args.grid), ncol=ncol, scale=_grid_scale(images.shape, args.scale))
         result["grid"] = str(Path(args.grid).resolve())
 
 
@@ -112,7 +113,8 @@ def _sample(c: VaeClient, args: argparse.Namespace) -> int:
 
 def _parser() -> ArgParser:
     p = ArgParser(prog="vae client", description="Call a VAE server; JSON on stdout, PNG grids for images.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{info,health,encode,decode,sample}",
+    sub = p.add_subparsers(dest="cmd", required=True,
+                           metavar="{info,health,encode,decode,sample,score,interpolate,traverse,edit}",
                            parser_class=ArgParser)
     for name, text in (("info", "served model, shapes, limits, execution provider"),
                        ("health", "gRPC health status (exit 0 when SERVING)"),
@@ -138,11 +140,16 @@ def _parser() -> ArgParser:
         if name in ("decode", "sample"):
             sp.add_argument("--grid", help="write the images as one PNG grid")
             sp.add_argument("--scale", type=int, help="pixel scale of the grid (default: ~64 px per image)")
+    for name, text in LATENT_COMMANDS:
+        sp = sub.add_parser(name, help=text, description=text)
+        add_connection_args(sp)
+        add_latent_args(name, sp)
     return p
 
 
 def client_main(argv: list[str]) -> int:
     handlers = {"info": _info, "health": _health, "encode": _encode, "decode": _decode, "sample": _sample}
+    latent = latent_handlers()
     try:
         args = _parser().parse_args(argv)
         config = configs_from_args(args)
@@ -154,6 +161,8 @@ def client_main(argv: list[str]) -> int:
         return int(exc.code or 0)
     try:
         with VaeClient(config=config[0]) as c:
+            if args.cmd in latent:
+                return int(latent[args.cmd](c, args, _save_outputs, _emit))
             return handlers[args.cmd](c, args)
     except (DataError, ValueError, TypeError) as exc:
         return fail(f"vae client {args.cmd}", str(exc), 2)

@@ -253,7 +253,8 @@ class VaeClient:
                     uint8: bool = False, timeout: float | None = None) -> LatentPath:
         """A path from a to b (each an image, or a 1-D latent), endpoints included, decoded."""
         plan = self.plan()
-        resp = self._unary("Interpolate", interpolate_request(a, b, steps, method, uint8), timeout)
+        req = interpolate_request(a, b, steps, method, uint8, plan.latent_dim)
+        resp = self._unary("Interpolate", req, timeout)
         return read_path(resp, steps, plan, uint8)
 
     def traverse(self, base: np.ndarray, *, dims: Sequence[int] | None = None, n_dims: int = 0,
@@ -262,7 +263,8 @@ class VaeClient:
         """Move one latent dimension per row from `base` (an image or a 1-D latent); no dims: the
         most informative ones by the training reference's KL."""
         plan = self.plan()
-        resp = self._unary("Traverse", traverse_request(base, dims, n_dims, low, high, steps, uint8), timeout)
+        req = traverse_request(base, dims, n_dims, low, high, steps, uint8, plan.latent_dim)
+        resp = self._unary("Traverse", req, timeout)
         return read_traverse(resp, steps, plan, uint8)
 
     def edit(self, images: np.ndarray, direction: np.ndarray, *, scales: Sequence[float] = (1.0,),

@@ -114,10 +114,13 @@ def join_scores(parts: list[ScoreResult], k: int, likelihood: str = "") -> Score
                        np.concatenate([p.kl for p in parts]), iwae, k, parts[0].likelihood)
 
 
-def endpoint(value: np.ndarray, what: str) -> vae_pb2.Endpoint:
+def endpoint(value: np.ndarray, what: str, latent_dim: int | None = None) -> vae_pb2.Endpoint:
     """A 1-D array is a latent [D]; anything else one image ([C, H, W], [1, C, H, W], [H, W])."""
     arr = as_wire_array(np.asarray(value), what)
     if arr.ndim == 1:
+        if latent_dim is not None and arr.shape[0] != latent_dim:
+            raise ValueError(f"{what}: a latent of {arr.shape[0]} values, the model's latent_dim is "
+                             f"{latent_dim}")
         return vae_pb2.Endpoint(z=to_tensor(arr.astype(np.float32)))
     return vae_pb2.Endpoint(image=to_tensor(arr))
 
@@ -128,11 +131,12 @@ def _method(method: str) -> vae_pb2.InterpolationMethod:
     return METHODS[method]
 
 
-def interpolate_request(a: np.ndarray, b: np.ndarray, steps: int, method: str,
-                        uint8: bool) -> vae_pb2.InterpolateRequest:
+def interpolate_request(a: np.ndarray, b: np.ndarray, steps: int, method: str, uint8: bool,
+                        latent_dim: int | None = None) -> vae_pb2.InterpolateRequest:
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (endpoints included), got {steps}")
-    return vae_pb2.InterpolateRequest(a=endpoint(a, "a"), b=endpoint(b, "b"), steps=steps,
+    return vae_pb2.InterpolateRequest(a=endpoint(a, "a", latent_dim), b=endpoint(b, "b", latent_dim),
+                                      steps=steps,
                                       method=_method(method), format=image_format(uint8))
 
 
@@ -149,9 +153,10 @@ def read_path(resp: vae_pb2.InterpolateResponse, steps: int, plan: Plan, uint8: 
 
 
 def traverse_request(base: np.ndarray, dims: Sequence[int] | None, n_dims: int, low: float | None,
-                     high: float | None, steps: int, uint8: bool) -> vae_pb2.TraverseRequest:
-    req = vae_pb2.TraverseRequest(base=endpoint(base, "base"), dims=list(dims or []), n_dims=n_dims,
-                                  steps=steps, format=image_format(uint8))
+                     high: float | None, steps: int, uint8: bool,
+                     latent_dim: int | None = None) -> vae_pb2.TraverseRequest:
+    req = vae_pb2.TraverseRequest(base=endpoint(base, "base", latent_dim), dims=list(dims or []),
+                                  n_dims=n_dims, steps=steps, format=image_format(uint8))
     if low is not None:
         req.low = low
     if high is not None:
