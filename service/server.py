@@ -30,6 +30,7 @@ from service.likelihoods import LogLikelihood, build_log_likelihood
 from service.manifest import Manifest, load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.runtime import Model, load_model
+from service.score_metrics import reference_quantiles
 from service.servicer import VaeServicer
 from service.settings import Settings
 from service.tls import server_credentials
@@ -192,7 +193,16 @@ class VaeServer:
                 default_chunk_size=s.default_chunk_size),
             manifest_sha256=manifest_sha256, dynamic_batching=s.dynamic_batching,
             server_version=SERVER_VERSION,
-            graph_dtype=vae_pb2.DATA_TYPE_FLOAT16 if s.fp16 else vae_pb2.DATA_TYPE_FLOAT32)
+            graph_dtype=vae_pb2.DATA_TYPE_FLOAT16 if s.fp16 else vae_pb2.DATA_TYPE_FLOAT32,
+            elbo_reference=self._elbo_reference(m))
+
+    @staticmethod
+    def _elbo_reference(m: Manifest) -> vae_pb2.ElboReference | None:
+        q = reference_quantiles(m.reference)
+        if q is None:
+            return None
+        mean = float((m.reference or {}).get("elbo_per_sample", {}).get("mean", q["p50"]))
+        return vae_pb2.ElboReference(mean=mean, **q)
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", SERVICE_NAME):

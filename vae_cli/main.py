@@ -19,9 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("exporter.cli:verify_main", "re-check an exported model folder"),
     "serve": ("service.cli:serve_main", "serve a model folder over gRPC with Prometheus metrics"),
     "health": ("client.cli:health_main", "gRPC health check of a server (exit 0 when SERVING)"),
-    "client": ("client.cli:client_main", "call a server: info, health, encode, decode, sample"),
+    "client": ("client.cli:client_main", "call a server: info, encode, decode, sample, score, edit, ..."),
     "generate": ("client.jobs_cli:generate_main", "sharded, resumable sample generation job"),
     "encode": ("client.jobs_cli:encode_main", "sharded, resumable dataset encoding job"),
+    "score": ("client.score_cli:score_main", "sharded, resumable scoring job: ELBO per image, histogram"),
 }
 
 

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.vae.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x15\n\x13GetModelInfoRequest\"\xca\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x03\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x03\x12\x1d\n\x15max_batch_per_request\x18\x03 \x01(\r\x12\x14\n\x0cmax_sample_n\x18\x04 \x01(\r\x12\x14\n\x0cmax_stream_n\x18\x05 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_chunk_size\x18\x07 \x01(\r\"\xa1\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x1e\n\x06limits\x18\x07 \x01(\x0b\x32\x0e.vae.v1.Limits\x12\x17\n\x0fmanifest_sha256\x18\x08 \x01(\t\x12\x18\n\x10\x64ynamic_batching\x18\t \x01(\x08\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12%\n\x0bgraph_dtype\x18\x0b \x01(\x0e\x32\x10.vae.v1.DataType\"[\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"g\n\x0e\x45ncodeResponse\x12\x1a\n\x02mu\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\"O\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\xb1\x01\n\rSampleRequest\x12\t\n\x01n\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x16\n\x0ereturn_latents\x18\x05 \x01(\x08\x12\x12\n\nchunk_size\x18\x06 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperature\"[\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"Y\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"5\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"u\n\x0cScoreRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\t\n\x01k\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x07\n\x05_seed\"\x86\x01\n\rScoreResponse\x12\x0c\n\x04\x65lbo\x18\x01 \x03(\x01\x12\x0e\n\x06log_px\x18\x02 \x03(\x01\x12\n\n\x02kl\x18\x03 \x03(\x01\x12\x0c\n\x04iwae\x18\x04 \x03(\x01\x12\t\n\x01k\x18\x05 \x01(\r\x12\x12\n\nlikelihood\x18\x06 \x01(\t\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"Q\n\x08\x45ndpoint\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x12\x1b\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x42\x07\n\x05value\"\xcf\x01\n\x12InterpolateRequest\x12\x1b\n\x01\x61\x18\x01 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\x1b\n\x01\x62\x18\x02 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\r\n\x05steps\x18\x03 \x01(\r\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.vae.v1.InterpolationMethod\x12#\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"p\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xd9\x01\n\x0fTraverseRequest\x12\x1e\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\x0c\n\x04\x64ims\x18\x02 \x03(\r\x12\x0e\n\x06n_dims\x18\x03 \x01(\r\x12\x10\n\x03low\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04high\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x06\n\x04_lowB\x07\n\x05_high\"{\n\x10TraverseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04\x64ims\x18\x03 \x03(\r\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xa5\x01\n\x0b\x45\x64itRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12!\n\tdirection\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06scales\x18\x03 \x03(\x02\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"i\n\x0c\x45\x64itResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*]\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_FORMAT_FLOAT32\x10\x01\x12\x16\n\x12IMAGE_FORMAT_UINT8\x10\x02*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xf0\x04\n\nVaeService\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12?\n\x0cSampleStream\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse0\x01\x12\x34\n\x05Score\x12\x14.vae.v1.ScoreRequest\x1a\x15.vae.v1.ScoreResponse\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12=\n\x08Traverse\x12\x17.vae.v1.TraverseRequest\x1a\x18.vae.v1.TraverseResponse\x12\x31\n\x04\x45\x64it\x12\x13.vae.v1.EditRequest\x1a\x14.vae.v1.EditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.vae.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x15\n\x13GetModelInfoRequest\"\xca\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x03\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x03\x12\x1d\n\x15max_batch_per_request\x18\x03 \x01(\r\x12\x14\n\x0cmax_sample_n\x18\x04 \x01(\r\x12\x14\n\x0cmax_stream_n\x18\x05 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_chunk_size\x18\x07 \x01(\r\"\xd0\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x1e\n\x06limits\x18\x07 \x01(\x0b\x32\x0e.vae.v1.Limits\x12\x17\n\x0fmanifest_sha256\x18\x08 \x01(\t\x12\x18\n\x10\x64ynamic_batching\x18\t \x01(\x08\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12%\n\x0bgraph_dtype\x18\x0b \x01(\x0e\x32\x10.vae.v1.DataType\x12-\n\x0e\x65lbo_reference\x18\r \x01(\x0b\x32\x15.vae.v1.ElboReference\"^\n\rElboReference\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03p01\x18\x02 \x01(\x01\x12\x0b\n\x03p05\x18\x03 \x01(\x01\x12\x0b\n\x03p50\x18\x04 \x01(\x01\x12\x0b\n\x03p95\x18\x05 \x01(\x01\x12\x0b\n\x03p99\x18\x06 \x01(\x01\"[\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"g\n\x0e\x45ncodeResponse\x12\x1a\n\x02mu\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\"O\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\xb1\x01\n\rSampleRequest\x12\t\n\x01n\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x16\n\x0ereturn_latents\x18\x05 \x01(\x08\x12\x12\n\nchunk_size\x18\x06 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperature\"[\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"Y\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"5\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"u\n\x0cScoreRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\t\n\x01k\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x07\n\x05_seed\"\x86\x01\n\rScoreResponse\x12\x0c\n\x04\x65lbo\x18\x01 \x03(\x01\x12\x0e\n\x06log_px\x18\x02 \x03(\x01\x12\n\n\x02kl\x18\x03 \x03(\x01\x12\x0c\n\x04iwae\x18\x04 \x03(\x01\x12\t\n\x01k\x18\x05 \x01(\r\x12\x12\n\nlikelihood\x18\x06 \x01(\t\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"Q\n\x08\x45ndpoint\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x12\x1b\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x42\x07\n\x05value\"\xcf\x01\n\x12InterpolateRequest\x12\x1b\n\x01\x61\x18\x01 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\x1b\n\x01\x62\x18\x02 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\r\n\x05steps\x18\x03 \x01(\r\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.vae.v1.InterpolationMethod\x12#\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"p\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xd9\x01\n\x0fTraverseRequest\x12\x1e\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x10.vae.v1.Endpoint\x12\x0c\n\x04\x64ims\x18\x02 \x03(\r\x12\x0e\n\x06n_dims\x18\x03 \x01(\r\x12\x10\n\x03low\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04high\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x06\n\x04_lowB\x07\n\x05_high\"{\n\x10TraverseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04\x64ims\x18\x03 \x03(\r\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xa5\x01\n\x0b\x45\x64itRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12!\n\tdirection\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06scales\x18\x03 \x03(\x02\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"i\n\x0c\x45\x64itResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*]\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_FORMAT_FLOAT32\x10\x01\x12\x16\n\x12IMAGE_FORMAT_UINT8\x10\x02*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xf0\x04\n\nVaeService\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12?\n\x0cSampleStream\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse0\x01\x12\x34\n\x05Score\x12\x14.vae.v1.ScoreRequest\x1a\x15.vae.v1.ScoreResponse\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12=\n\x08Traverse\x12\x17.vae.v1.TraverseRequest\x1a\x18.vae.v1.TraverseResponse\x12\x31\n\x04\x45\x64it\x12\x13.vae.v1.EditRequest\x1a\x14.vae.v1.EditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vae.v1.vae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=2651
-  _globals['_DATATYPE']._serialized_end=2755
-  _globals['_IMAGEFORMAT']._serialized_start=2757
-  _globals['_IMAGEFORMAT']._serialized_end=2850
-  _globals['_INTERPOLATIONMETHOD']._serialized_start=2853
-  _globals['_INTERPOLATIONMETHOD']._serialized_end=2981
+  _globals['_DATATYPE']._serialized_start=2794
+  _globals['_DATATYPE']._serialized_end=2898
+  _globals['_IMAGEFORMAT']._serialized_start=2900
+  _globals['_IMAGEFORMAT']._serialized_end=2993
+  _globals['_INTERPOLATIONMETHOD']._serialized_start=2996
+  _globals['_INTERPOLATIONMETHOD']._serialized_end=3124
   _globals['_TENSOR']._serialized_start=28
   _globals['_TENSOR']._serialized_end=98
   _globals['_GETMODELINFOREQUEST']._serialized_start=100
@@ -44,41 +44,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=124
   _globals['_LIMITS']._serialized_end=326
   _globals['_MODELINFO']._serialized_start=329
-  _globals['_MODELINFO']._serialized_end=618
-  _globals['_ENCODEREQUEST']._serialized_start=620
-  _globals['_ENCODEREQUEST']._serialized_end=711
-  _globals['_ENCODERESPONSE']._serialized_start=713
-  _globals['_ENCODERESPONSE']._serialized_end=816
-  _globals['_DECODEREQUEST']._serialized_start=818
-  _globals['_DECODEREQUEST']._serialized_end=897
-  _globals['_DECODERESPONSE']._serialized_start=899
-  _globals['_DECODERESPONSE']._serialized_end=947
-  _globals['_SAMPLEREQUEST']._serialized_start=950
-  _globals['_SAMPLEREQUEST']._serialized_end=1127
-  _globals['_SAMPLERESPONSE']._serialized_start=1129
-  _globals['_SAMPLERESPONSE']._serialized_end=1220
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=1222
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=1311
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1313
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1366
-  _globals['_SCOREREQUEST']._serialized_start=1368
-  _globals['_SCOREREQUEST']._serialized_end=1485
-  _globals['_SCORERESPONSE']._serialized_start=1488
-  _globals['_SCORERESPONSE']._serialized_end=1622
-  _globals['_ENDPOINT']._serialized_start=1624
-  _globals['_ENDPOINT']._serialized_end=1705
-  _globals['_INTERPOLATEREQUEST']._serialized_start=1708
-  _globals['_INTERPOLATEREQUEST']._serialized_end=1915
-  _globals['_INTERPOLATERESPONSE']._serialized_start=1917
-  _globals['_INTERPOLATERESPONSE']._serialized_end=2029
-  _globals['_TRAVERSEREQUEST']._serialized_start=2032
-  _globals['_TRAVERSEREQUEST']._serialized_end=2249
-  _globals['_TRAVERSERESPONSE']._serialized_start=2251
-  _globals['_TRAVERSERESPONSE']._serialized_end=2374
-  _globals['_EDITREQUEST']._serialized_start=2377
-  _globals['_EDITREQUEST']._serialized_end=2542
-  _globals['_EDITRESPONSE']._serialized_start=2544
-  _globals['_EDITRESPONSE']._serialized_end=2649
-  _globals['_VAESERVICE']._serialized_start=2984
-  _globals['_VAESERVICE']._serialized_end=3608
+  _globals['_MODELINFO']._serialized_end=665
+  _globals['_ELBOREFERENCE']._serialized_start=667
+  _globals['_ELBOREFERENCE']._serialized_end=761
+  _globals['_ENCODEREQUEST']._serialized_start=763
+  _globals['_ENCODEREQUEST']._serialized_end=854
+  _globals['_ENCODERESPONSE']._serialized_start=856
+  _globals['_ENCODERESPONSE']._serialized_end=959
+  _globals['_DECODEREQUEST']._serialized_start=961
+  _globals['_DECODEREQUEST']._serialized_end=1040
+  _globals['_DECODERESPONSE']._serialized_start=1042
+  _globals['_DECODERESPONSE']._serialized_end=1090
+  _globals['_SAMPLEREQUEST']._serialized_start=1093
+  _globals['_SAMPLEREQUEST']._serialized_end=1270
+  _globals['_SAMPLERESPONSE']._serialized_start=1272
+  _globals['_SAMPLERESPONSE']._serialized_end=1363
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=1365
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=1454
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1456
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1509
+  _globals['_SCOREREQUEST']._serialized_start=1511
+  _globals['_SCOREREQUEST']._serialized_end=1628
+  _globals['_SCORERESPONSE']._serialized_start=1631
+  _globals['_SCORERESPONSE']._serialized_end=1765
+  _globals['_ENDPOINT']._serialized_start=1767
+  _globals['_ENDPOINT']._serialized_end=1848
+  _globals['_INTERPOLATEREQUEST']._serialized_start=1851
+  _globals['_INTERPOLATEREQUEST']._serialized_end=2058
+  _globals['_INTERPOLATERESPONSE']._serialized_start=2060
+  _globals['_INTERPOLATERESPONSE']._serialized_end=2172
+  _globals['_TRAVERSEREQUEST']._serialized_start=2175
+  _globals['_TRAVERSEREQUEST']._serialized_end=2392
+  _globals['_TRAVERSERESPONSE']._serialized_start=2394
+  _globals['_TRAVERSERESPONSE']._serialized_end=2517
+  _globals['_EDITREQUEST']._serialized_start=2520
+  _globals['_EDITREQUEST']._serialized_end=2685
+  _globals['_EDITRESPONSE']._serialized_start=2687
+  _globals['_EDITRESPONSE']._serialized_end=2792
+  _globals['_VAESERVICE']._serialized_start=3127
+  _globals['_VAESERVICE']._serialized_end=3751
 # @@protoc_insertion_point(module_scope)

@@ -69,7 +69,7 @@ class Limits(_message.Message):
     def __init__(self, max_receive_message_bytes: _Optional[int] = ..., max_send_message_bytes: _Optional[int] = ..., max_batch_per_request: _Optional[int] = ..., max_sample_n: _Optional[int] = ..., max_stream_n: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_chunk_size: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "model_version", "input_shape", "latent_dim", "likelihood", "execution_provider", "limits", "manifest_sha256", "dynamic_batching", "server_version", "graph_dtype")
+    __slots__ = ("model_name", "model_version", "input_shape", "latent_dim", "likelihood", "execution_provider", "limits", "manifest_sha256", "dynamic_batching", "server_version", "graph_dtype", "elbo_reference")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class ModelInfo(_message.Message):
     DYNAMIC_BATCHING_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRAPH_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ELBO_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -92,7 +93,24 @@ class ModelInfo(_message.Message):
     dynamic_batching: bool
     server_version: str
     graph_dtype: DataType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., manifest_sha256: _Optional[str] = ..., dynamic_batching: _Optional[bool] = ..., server_version: _Optional[str] = ..., graph_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+    elbo_reference: ElboReference
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., manifest_sha256: _Optional[str] = ..., dynamic_batching: _Optional[bool] = ..., server_version: _Optional[str] = ..., graph_dtype: _Optional[_Union[DataType, str]] = ..., elbo_reference: _Optional[_Union[ElboReference, _Mapping]] = ...) -> None: ...
+
+class ElboReference(_message.Message):
+    __slots__ = ("mean", "p01", "p05", "p50", "p95", "p99")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    P01_FIELD_NUMBER: _ClassVar[int]
+    P05_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    P99_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    p01: float
+    p05: float
+    p50: float
+    p95: float
+    p99: float
+    def __init__(self, mean: _Optional[float] = ..., p01: _Optional[float] = ..., p05: _Optional[float] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., p99: _Optional[float] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("images", "sample", "seed")
