@@ -48,5 +48,9 @@ def test_stubs_import_and_name_the_service():
         "Sample",
         "Reconstruct",
         "SampleStream",
+        "Score",
+        "Interpolate",
+        "Traverse",
+        "Edit",
     }
     assert hasattr(vae_pb2_grpc, "VaeServiceStub")

@@ -27,19 +27,25 @@ def test_manifest_schema(tiny_model_dir: Path, tiny_checkpoint: Path) -> None:
     assert m["model"]["version"] == sha256_file(tiny_checkpoint)[:12]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["model"]["created_at"])
     assert m["input_shape"] == [1, 8, 8] and m["latent_dim"] == 4 and m["likelihood"] == "bernoulli"
-    assert set(m["graphs"]) == {"encoder", "decoder"}
-    enc, dec = m["graphs"]["encoder"], m["graphs"]["decoder"]
+    assert set(m["graphs"]) == {"encoder", "decoder", "decoder_params"}
+    enc, dec, par = m["graphs"]["encoder"], m["graphs"]["decoder"], m["graphs"]["decoder_params"]
     assert enc["inputs"] == [{"name": "x", "shape": ["N", 1, 8, 8], "dtype": "float32"}]
     assert enc["outputs"] == [{"name": "mu", "shape": ["N", 4], "dtype": "float32"},
                               {"name": "logvar", "shape": ["N", 4], "dtype": "float32"}]
     assert dec["inputs"] == [{"name": "z", "shape": ["N", 4], "dtype": "float32"}]
     assert dec["outputs"] == [{"name": "x_mean", "shape": ["N", 1, 8, 8], "dtype": "float32"}]
-    for g in (enc, dec):
+    # Score's graph: z -> the likelihood's raw parameters (Bernoulli logits), float32 only.
+    assert par["inputs"] == dec["inputs"]
+    assert par["outputs"] == [{"name": "params", "shape": ["N", 1, 8, 8], "dtype": "float32"}]
+    assert m["likelihood_params"] == {}
+    assert set(m["reference"]["elbo_per_sample"]) == {"mean", "p01", "p05", "p50", "p95", "p99"}
+    for g in (enc, dec, par):
         path = tiny_model_dir / g["file"]
         assert g["sha256"] == sha256_file(path) and g["size_bytes"] == path.stat().st_size
     ver = m["verification"]
     assert ver["tolerance"] == 1e-4 and ver["batches"] == [1, 7, 256]
-    assert set(ver["max_abs_diff"]) == {"encoder.mu", "encoder.logvar", "decoder.x_mean"}
+    assert set(ver["max_abs_diff"]) == {"encoder.mu", "encoder.logvar", "decoder.x_mean",
+                                        "decoder_params.params"}
     assert all(0 <= v <= 1e-4 for v in ver["max_abs_diff"].values())
     assert set(m["producer"]) >= {"exporter", "torch", "onnx", "onnxruntime"}
     assert m["producer"]["torch"] == torch.__version__ and m["producer"]["onnx"] == onnx.__version__

@@ -166,3 +166,125 @@ def test_fuzz_every_field(rel_server: Any, method: str) -> None:
 @pytest.mark.parametrize("method", list(STRATEGIES))
 def test_fuzz_every_field_long(rel_server: Any, method: str) -> None:
     _fuzz(rel_server, method, SLOW)
+
+
+# --- Score, Interpolate, Traverse, Edit ---------------------------------------------------------------
+LATENT_ALLOWED = ALLOWED | {grpc.StatusCode.NOT_FOUND}
+names = st.sampled_from(["", "", "", "vae", "other", "\x00"])
+k_values = st.one_of(st.integers(0, 4), st.integers(0, 2**32 - 1))
+steps_values = st.one_of(st.integers(0, 12), st.integers(0, 2**32 - 1))
+floats32 = st.floats(width=32)
+# Mostly a known value, so that the other fields get exercised past the enum checks.
+enums = st.one_of(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), enum_value)
+steps_values = st.one_of(st.integers(2, 12), steps_values)
+
+
+def _clean_latent(a: np.ndarray) -> vae_pb2.Endpoint:
+    return vae_pb2.Endpoint(z=vae_pb2.Tensor(shape=[4], dtype=vae_pb2.DATA_TYPE_FLOAT32, data=a.tobytes()))
+
+
+def _endpoints() -> st.SearchStrategy[vae_pb2.Endpoint]:
+    clean = hnp.arrays(np.dtype("<f4"), (4,), elements=st.floats(-3, 3, width=32)).map(_clean_latent)
+    return st.one_of(
+        clean,
+        clean,
+        st.just(vae_pb2.Endpoint()),
+        tensors((1, 1, 8, 8)).map(lambda t: vae_pb2.Endpoint(image=t)),
+        tensors((1, 4)).map(lambda t: vae_pb2.Endpoint(z=t)),
+    )
+
+
+def _score_requests() -> st.SearchStrategy[vae_pb2.ScoreRequest]:
+    def build(images: Any, k: int, seed: int | None, model: str, version: str) -> vae_pb2.ScoreRequest:
+        r = vae_pb2.ScoreRequest(k=k, model=model, version=version)
+        if images is not None:
+            r.images.CopyFrom(images)
+        if seed is not None:
+            r.seed = seed
+        return r
+
+    return st.builds(build, optional_tensor, k_values, st.none() | u64, names, names)
+
+
+def _interpolate_requests() -> st.SearchStrategy[vae_pb2.InterpolateRequest]:
+    return st.builds(
+        lambda a, b, steps, method, fmt, model: vae_pb2.InterpolateRequest(
+            a=a, b=b, steps=steps, method=method, format=fmt, model=model),
+        _endpoints(), _endpoints(), steps_values, enums, enums, names,
+    )
+
+
+def _traverse_requests() -> st.SearchStrategy[vae_pb2.TraverseRequest]:
+    def build(base: Any, dims: list[int], n_dims: int, low: float | None, high: float | None, steps: int,
+              fmt: int) -> vae_pb2.TraverseRequest:
+        r = vae_pb2.TraverseRequest(base=base, dims=dims, n_dims=n_dims, steps=steps, format=fmt)
+        if low is not None:
+            r.low = low
+        if high is not None:
+            r.high = high
+        return r
+
+    dims = st.lists(st.integers(0, 6) | st.integers(0, 2**32 - 1), max_size=6)
+    bound = st.none() | st.floats(-4, 4, width=32) | floats32
+    return st.builds(build, _endpoints(), dims, st.integers(0, 6) | st.integers(0, 2**32 - 1),
+                     bound, bound, steps_values, enums)
+
+
+def _edit_requests() -> st.SearchStrategy[vae_pb2.EditRequest]:
+    def build(images: Any, direction: Any, scales: list[float], fmt: int) -> vae_pb2.EditRequest:
+        r = vae_pb2.EditRequest(scales=scales, format=fmt)
+        if images is not None:
+            r.images.CopyFrom(images)
+        if direction is not None:
+            r.direction.CopyFrom(direction)
+        return r
+
+    scales = st.lists(st.floats(-3, 3, width=32) | floats32, max_size=8)
+    clean = hnp.arrays(np.dtype("<f4"), (4,), elements=st.floats(-3, 3, width=32)).map(
+        lambda a: _clean_latent(a).z)
+    return st.builds(build, optional_tensor, st.none() | clean | clean | tensors((1, 4)), scales, enums)
+
+
+LATENT_STRATEGIES = {
+    "Score": _score_requests,
+    "Interpolate": _interpolate_requests,
+    "Traverse": _traverse_requests,
+    "Edit": _edit_requests,
+}
+LATENT_FAST = 200  # examples per new method in `make test`
+
+
+def _latent_fuzz(rel_server: Any, method: str, examples: int) -> None:
+    seen: dict[str, int] = {}
+    with rel_server.channel() as ch:
+        stub = vae_pb2_grpc.VaeServiceStub(ch)
+
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+                  suppress_health_check=list(HealthCheck))
+        @given(LATENT_STRATEGIES[method]())
+        def run(request: Any) -> None:
+            try:
+                getattr(stub, method)(request, timeout=30)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                assert exc.code() in LATENT_ALLOWED, \
+                    f"{method}: {exc.code()} {exc.details()} for {request!r:.400}"
+                code = exc.code()
+            seen[code.name] = seen.get(code.name, 0) + 1
+
+        run()
+    print(f"fuzz {method}: {sum(seen.values())} requests, codes {seen}")
+    assert sum(seen.values()) >= examples
+    assert seen.get("OK", 0) > 0 and seen.get("INVALID_ARGUMENT", 0) > 0, seen
+    assert serving(f"127.0.0.1:{rel_server.port}")
+
+
+@pytest.mark.parametrize("method", list(LATENT_STRATEGIES))
+def test_fuzz_latent_rpcs(rel_server: Any, method: str) -> None:
+    _latent_fuzz(rel_server, method, LATENT_FAST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(LATENT_STRATEGIES))
+def test_fuzz_latent_rpcs_long(rel_server: Any, method: str) -> None:
+    _latent_fuzz(rel_server, method, SLOW)
