@@ -61,6 +61,29 @@ def _str(**kw: Any) -> tuple[str, Any]:
     return "SampleStream", vae_pb2.SampleRequest(**kw)
 
 
+def _score(images: vae_pb2.Tensor | None = None, **kw: Any) -> tuple[str, Any]:
+    req = vae_pb2.ScoreRequest(**kw)
+    if images is not None:
+        req.images.CopyFrom(images)
+    return "Score", req
+
+
+def _zep(z: Any = None) -> vae_pb2.Endpoint:
+    return vae_pb2.Endpoint(z=tensor(np.zeros(D, np.float32) if z is None else z))
+
+
+def _itp(**kw: Any) -> tuple[str, Any]:
+    return "Interpolate", vae_pb2.InterpolateRequest(**{"a": _zep(), "b": _zep(), "steps": 4, **kw})
+
+
+def _trv(**kw: Any) -> tuple[str, Any]:
+    return "Traverse", vae_pb2.TraverseRequest(**{"base": _zep(), "steps": 4, **kw})
+
+
+def _edt(**kw: Any) -> tuple[str, Any]:
+    return "Edit", vae_pb2.EditRequest(**{"images": tensor(_img()), "direction": _z(n=1), **kw})
+
+
 # (case id, (method, request), expected status, a word the message must contain)
 CASES: list[tuple[str, tuple[str, Any], grpc.StatusCode, str]] = [
     # rank and dims
@@ -128,6 +151,29 @@ CASES: list[tuple[str, tuple[str, Any], grpc.StatusCode, str]] = [
     ("reconstruct-wrong-height", _rec(tensor(np.zeros((1, 1, 7, 8), np.float32))), IA, "does not match"),
     ("reconstruct-unknown-format", _rec(tensor(_img()), format=-1), IA, "format"),
     ("reconstruct-oversize-payload", _rec(tensor(_img(1100, dtype=np.float32))), RE, "larger than max"),
+    # Score, Interpolate, Traverse, Edit
+    ("score-missing-images", _score(), IA, "missing"),
+    ("score-nan", _score(_poked(math.nan)), IA, "NaN"),
+    ("score-k-times-n-over-limit", _score(tensor(_img(4)), k=17), IA, "4 images x k=17"),
+    ("score-k-huge", _score(tensor(_img(1)), k=2**32 - 1), IA, "max_batch_per_request"),
+    ("score-unknown-model", _score(tensor(_img(1)), model="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
+    ("interpolate-no-endpoint", ("Interpolate", vae_pb2.InterpolateRequest(steps=3)), IA,
+     "a: set image or z"),
+    ("interpolate-steps-1", _itp(steps=1), IA, "steps must be >= 2"),
+    ("interpolate-steps-huge", _itp(steps=2**32 - 1), IA, "max_batch_per_request"),
+    ("interpolate-unknown-method", _itp(method=5), IA, "InterpolationMethod"),
+    ("interpolate-two-images", _itp(a=vae_pb2.Endpoint(image=tensor(_img(2)))), IA, "expected one"),
+    ("interpolate-huge-latent", _itp(b=_zep(np.full(D, 3e38, np.float32))), IA, "over the bound"),
+    ("traverse-dim-out-of-range", _trv(dims=[D]), IA, "out of range"),
+    ("traverse-n-dims-over-d", _trv(n_dims=D + 1), IA, "n_dims"),
+    ("traverse-low-nan", _trv(dims=[0], low=math.nan), IA, "low"),
+    ("traverse-rows-times-steps", _trv(dims=[0, 1, 2], steps=30), IA, "3 dims x 30 steps"),
+    ("edit-missing-direction", ("Edit", vae_pb2.EditRequest(images=tensor(_img()))), IA, "direction"),
+    ("edit-direction-width", _edt(direction=_z(n=1, d=D + 1)), IA, "latent dimension"),
+    ("edit-scale-inf", _edt(scales=[math.inf]), IA, "scales"),
+    ("edit-overflowing-edit", _edt(direction=_z(n=1, fill=9000.0), scales=[3.0]), IA, "edited latents"),
+    ("edit-images-times-scales", _edt(images=tensor(_img(40)), scales=[1.0, 2.0]), IA,
+     "40 images x 2 scales"),
 ]
 
 
@@ -163,7 +209,8 @@ def test_undecodable_bytes_are_invalid_argument(rel_server: Any) -> None:
     """Bytes that are not a protobuf message at all: INVALID_ARGUMENT naming the type, not UNKNOWN with
     a Python exception class in the message."""
     with rel_server.channel() as ch:
-        for method in ("Encode", "Decode", "Sample", "Reconstruct"):
+        for method in ("Encode", "Decode", "Sample", "Reconstruct", "Score", "Interpolate", "Traverse",
+                       "Edit"):
             raw = ch.unary_unary(
                 f"/vae.v1.VaeService/{method}",
                 request_serializer=lambda b: b,
