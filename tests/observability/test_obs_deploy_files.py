@@ -31,7 +31,7 @@ def test_promtool_check_rules() -> None:
     out = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout
 
 
 @needs_promtool
@@ -48,7 +48,9 @@ def _exported_names() -> set[str]:
     reg = CollectorRegistry()
     ref = {"n_images": 10, "mu_mean": [0.0] * d, "mu_var": [1.0] * d, "posterior_var_mean": [0.5] * d,
            "kl_per_dim": [1.0] * d, "active_units": d, "active_threshold": 0.01,
-           "kl_per_sample": {"mean": 3.0, "p50": 3.0, "p90": 4.0, "p99": 5.0}}
+           "kl_per_sample": {"mean": 3.0, "p50": 3.0, "p90": 4.0, "p99": 5.0},
+           "elbo_per_sample": {"mean": -30.0, "p01": -40.0, "p05": -37.0, "p50": -30.0, "p95": -25.0,
+                               "p99": -22.0}}
     m = ServiceMetrics(reg, model_name="m", model_version="1", provider="CPUExecutionProvider", latent_dim=d,
                        reference=ref, min_images=1)
     m.request_started("Encode")
@@ -59,6 +61,7 @@ def _exported_names() -> set[str]:
     m.nonfinite("output", 1)
     m.encoded(np.random.default_rng(0).normal(size=(8, d)), np.zeros((8, d)))
     m.latents("Sample", np.ones((2, d)))
+    m.scored(np.array([-50.0, -30.0]))
     m.close()
     return {s.name for fam in reg.collect() for s in fam.samples}
 
@@ -90,7 +93,9 @@ def test_dashboard_covers_the_issue_panels() -> None:
     for needle in ("rate(vae_requests_total", "histogram_quantile(0.99, sum by (le, method) "
                    "(rate(vae_request_duration_seconds_bucket", "histogram_quantile(0.5, sum by (le, method)",
                    "vae_batch_size_bucket", "vae_latent_kl_per_sample_nats_bucket", "vae_latent_active_units",
-                   "vae_latent_reference_active_units", "vae_latent_collapse", "vae_latent_drift_score"):
+                   "vae_latent_reference_active_units", "vae_latent_collapse", "vae_latent_drift_score",
+                   "vae_score_elbo_nats_bucket", "vae_score_below_reference_p01_total",
+                   "vae_score_reference_elbo_nats"):
         assert needle in exprs, needle
     heatmaps = {t["expr"] for p in dash["panels"] if p["type"] == "heatmap" for t in p["targets"]}
     assert any("vae_latent_mu_mean" in e for e in heatmaps)
