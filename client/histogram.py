@@ -40,10 +40,13 @@ def histogram_png(scores: np.ndarray, reference: dict[str, float] | None, *, bin
             draw.rectangle([x_of(a), y0 - (y0 - y1) * c / top, max(x_of(a), x_of(b) - 1), y0],
                            fill=(150, 150, 150))
     draw.line([x0, y0, x1, y0], fill="black")
-    for key, colour in _LINES if reference else ():
+    for row, (key, colour) in enumerate(_LINES if reference else ()):
         x = x_of(reference[key])  # type: ignore[index]
         draw.line([x, y1 - 10, x, y0], fill=colour, width=2)
-        draw.text((x + 3, y1 - 12), f"train {key}", fill=colour)
+        label = f"train {key}"
+        # Staggered rows so close quantiles stay readable; left of the line near the right edge.
+        tx = x + 3 if x < _W - 80 else x - 8 * len(label)
+        draw.text((tx, y1 - 12 + 12 * row), label, fill=colour)
     draw.text((x0, 8), f"{title}: n={len(s)}, max count {top}", fill="black")
     draw.text((x0, y0 + 6), f"{lo:.1f}", fill="black")
     draw.text((x1 - 50, y0 + 6), f"{hi:.1f}", fill="black")

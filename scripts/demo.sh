@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole product on a fresh machine, end to end: train -> evaluate -> export -> verify -> serve ->
-# call Encode / Decode / Sample / Reconstruct -> PNG of samples -> a small batch generation job.
+# call Encode / Decode / Sample / Reconstruct -> PNG of samples -> a small batch generation job ->
+# interpolation and traversal grids, and likelihood scores of digits against noise (a histogram).
 # Uses scikit-learn's bundled digits (offline). Everything lands under $1 (default: demo/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,11 @@ rm -rf "$DEMO/run" "$DEMO/generated"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/6 train a conv VAE on the bundled digits (8x8, Bernoulli likelihood)"
+step "1/7 train a conv VAE on the bundled digits (8x8, Bernoulli likelihood)"
 "$VAE" train --data digits --out "$DEMO/run" --arch conv --hidden 32,64 --latent-dim 8 \
   --epochs 30 --batch-size 64 --lr 2e-3 --beta-schedule linear --beta-warmup-steps 300 --no-progress
 
-step "2/6 evaluate on the validation split (negative ELBO, IWAE NLL, active units)"
+step "2/7 evaluate on the validation split (negative ELBO, IWAE NLL, active units)"
 "$VAE" evaluate "$DEMO/run" --k 100 --out "$DEMO/evaluation.json" >/dev/null
 "$PY" - "$DEMO/evaluation.json" <<'PYEOF'
 import json, sys
@@ -25,11 +26,11 @@ keys = [k for k in ("n_images", "neg_elbo", "iwae_nll", "k", "active_units", "la
 print(json.dumps({k: r[k] for k in keys}, indent=2))
 PYEOF
 
-step "3/6 export encoder.onnx + decoder.onnx + manifest.json, then verify them"
+step "3/7 export encoder.onnx + decoder.onnx + manifest.json, then verify them"
 "$VAE" export "$DEMO/run" --out "$DEMO/model" --force
 "$VAE" verify "$DEMO/model" --checkpoint "$DEMO/run"
 
-step "4/6 serve it (gRPC + /metrics) on free loopback ports"
+step "4/7 serve it (gRPC + /metrics) on free loopback ports"
 read -r PORT MPORT < <("$PY" -c 'import socket
 def free():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -46,7 +47,7 @@ done
 "$VAE" health --target "127.0.0.1:$PORT"
 echo "server pid $SERVER on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$MPORT/metrics"
 
-step "5/6 call the service: GetModelInfo, Encode, Decode, Sample; scrape /metrics"
+step "5/7 call the service: GetModelInfo, Encode, Decode, Sample; scrape /metrics"
 T="127.0.0.1:$PORT"
 "$VAE" client info --target "$T"
 "$VAE" client encode --target "$T" --data digits --limit 500 --out "$DEMO/encoded.npz"
@@ -66,8 +67,31 @@ for line in text.splitlines():
         print(line)
 PYEOF
 
-step "6/6 a small batch generation job (sharded, resumable, deterministic)"
+step "6/7 a small batch generation job (sharded, resumable, deterministic)"
 "$VAE" generate --target "$T" --n 512 --shard-size 128 --seed 1 --out "$DEMO/generated" --no-progress
+
+step "7/7 what only a VAE server does: interpolation, traversal, likelihood scores"
+"$VAE" client interpolate --target "$T" --data digits --a 0 --b 7 --steps 10 --grid "$DEMO/interpolation.png" \
+  --out "$DEMO/interpolation.npz" >/dev/null
+"$VAE" client traverse --target "$T" --data digits --base 0 --steps 9 --grid "$DEMO/traversal.png" >/dev/null
+# 300 held-out-like digits plus 60 uniform-noise images: the noise scores far below the training p01.
+"$PY" -c "
+import numpy as np
+from sklearn.datasets import load_digits
+x = (load_digits().images[-300:, None] / 16.0).astype(np.float32)
+noise = np.random.default_rng(0).random((60, 1, 8, 8), dtype=np.float32)
+np.save('$DEMO/to_score.npy', np.concatenate([x, noise]))"
+rm -rf "$DEMO/scores.csv" "$DEMO/scores.csv.parts"
+"$VAE" score --target "$T" --input "$DEMO/to_score.npy" --out "$DEMO/scores.csv" --histogram "$DEMO/scores.png" \
+  --chunk-size 128 --no-progress
+echo "fraction of scored inputs below the training p01 on /metrics:"
+"$PY" - "$MPORT" <<'PYEOF'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+for line in text.splitlines():
+    if line.startswith(("vae_score_images_total", "vae_score_below_reference_p01_total")):
+        print(line)
+PYEOF
 
 kill -TERM $SERVER; wait $SERVER || true; trap - EXIT
 step "done"
@@ -75,3 +99,5 @@ echo "run folder:        $DEMO/run   (metrics.jsonl, curves.png, grids/, best.pt
 echo "model folder:      $DEMO/model (encoder.onnx, decoder.onnx, manifest.json)"
 echo "samples:           $DEMO/samples.png   decoded posterior means of 16 digits: $DEMO/decoded.png"
 echo "generation job:    $DEMO/generated (shards + manifest.json)"
+echo "latent space:      $DEMO/interpolation.png  $DEMO/traversal.png (one row per latent dimension)"
+echo "scores:            $DEMO/scores.csv  histogram against the training reference: $DEMO/scores.png"
