@@ -126,7 +126,7 @@ class LatentRpcs:
                         context: grpc.aio.ServicerContext) -> vae_pb2.TraverseResponse:
         self.checks.target(request.model, request.version)
         base = self._endpoint(request.base, "base")
-        dims = self.checks.traverse_dims(list(request.dims), request.n_dims, self.kl_per_dim)
+        dims = self.checks.traverse_dims(list(request.dims), request.n_dims)
         if isinstance(dims, int):
             n = dims or min(latent_ops.DEFAULT_TRAVERSE_DIMS, self.validator.latent_dim)
             if self.kl_per_dim is None:

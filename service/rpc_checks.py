@@ -90,7 +90,7 @@ class RpcChecks:
             raise InvalidArgument(f"{what}.z: {arr.shape[0]} latents, expected one")
         return Endpoint("z", self.v.latents(arr, f"{what}.z"))
 
-    def traverse_dims(self, dims: list[int], n_dims: int, kl_per_dim: list[float] | None) -> list[int] | int:
+    def traverse_dims(self, dims: list[int], n_dims: int) -> list[int] | int:
         """The named dimensions (checked), or how many to rank when none are named."""
         d = self.v.latent_dim
         if dims:

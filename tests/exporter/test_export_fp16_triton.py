@@ -26,7 +26,8 @@ _ELEM = {onnx.TensorProto.FLOAT: ("float32", "TYPE_FP32"), onnx.TensorProto.FLOA
 
 def test_fp16_manifest_and_graphs(fp16_triton_export: Export) -> None:
     model_dir, _, m = fp16_triton_export
-    assert set(m["graphs"]) == {"encoder", "decoder", "encoder_fp16", "decoder_fp16"}
+    # decoder_params (Score) is float32 only: there is no decoder_params_fp16.
+    assert set(m["graphs"]) == {"encoder", "decoder", "encoder_fp16", "decoder_fp16", "decoder_params"}
     assert m["verification"]["fp16_tolerance"] == FP16_TOLERANCE
     for key in ("encoder_fp16", "decoder_fp16"):
         g = m["graphs"][key]

@@ -52,7 +52,8 @@ def _assert_parity(model_dir: Path, run_dir: Path, batches: tuple[int, ...] = (1
 def test_round_trip_architectures(which: str, request: pytest.FixtureRequest) -> None:
     run_dir = request.getfixturevalue("tiny_run_dir" if which == "mlp" else "tiny_conv_run_dir")
     model_dir = request.getfixturevalue("tiny_model_dir" if which == "mlp" else "tiny_conv_model_dir")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names == ["decoder.onnx", "decoder_params.onnx", "encoder.onnx", "manifest.json"]
     _assert_parity(model_dir, run_dir)
     assert verify_model_dir(model_dir, resolve_checkpoint(run_dir)) == []
 
