@@ -63,6 +63,11 @@ def serve_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        processes = settings.process_count()
+        if processes > 1:
+            from service.supervisor import run_group
+
+            return run_group(settings, processes)
         return asyncio.run(_serve(settings))
     except (ModelError, SettingsError) as exc:
         print(f"vae serve: refusing to start: {exc}", file=sys.stderr)
