@@ -52,7 +52,8 @@ def _fetch(port: int) -> str:
 class ProcessScraper:
     """A collector: scrapes the live processes' endpoints when the parent's registry is collected."""
 
-    def __init__(self, targets: Callable[[], list[tuple[str, int]]], on_failure: Callable[[str], None]) -> None:
+    def __init__(self, targets: Callable[[], list[tuple[str, int]]],
+                 on_failure: Callable[[str], None]) -> None:
         self._targets = targets
         self._on_failure = on_failure
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vae-scrape")

@@ -4,9 +4,10 @@ It runs the normal server (its own sessions, batchers and metrics) on the port t
 with SO_REUSEPORT so that the kernel spreads connections over the group. It talks to the parent over
 two pipes, one JSON object per line:
 
-- control (parent -> child): first `{"settings": {...}, "index": i, "metrics": bool}`, then `{"health": "SERVING"}` or
-  `{"health": "NOT_SERVING"}`: the group's one status, which this process's health service reports.
-  End of file means the parent is gone: the process drains and exits, it never outlives the group.
+- control (parent -> child): first `{"settings": {...}, "index": i, "metrics": bool}`, then
+  `{"health": "SERVING"}` or `{"health": "NOT_SERVING"}`: the group's one status, which this
+  process's health service reports. End of file means the parent is gone: the process drains and
+  exits, it never outlives the group.
 - report (child -> parent): `{"event": "warm", "pid": ..., "metrics_port": ...}` once the graphs are warm
   and the port is served, `{"event": "stopped"}` after the drain.
 
