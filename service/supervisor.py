@@ -168,7 +168,8 @@ class Supervisor:
                 self.serving = True
                 for s in self.slots:
                     self._send(s, {"health": "SERVING"})
-                log.info("all %d processes warm: SERVING on %s:%d", self.n, self.settings.host, self.port)
+                log.info("listening on %s:%d: all %d processes warm, SERVING%s", self.settings.host, self.port,
+                         self.n, f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "")
 
     def _reap(self) -> int | None:
         """Handle processes that exited; returns an exit code when the group must stop."""

@@ -50,7 +50,7 @@ class Group:
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.port = int(self.wait_for(r"starting 2 server processes on 127\.0\.0\.1:(\d+)").group(1))
-        self.wait_for(r"all 2 processes warm: SERVING")
+        self.wait_for(rf"listening on 127\.0\.0\.1:{self.port}: all 2 processes warm, SERVING")
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
