@@ -7,8 +7,8 @@ re-exposes every sample with `process="<index>"` added, beside the parent's own 
 Why per-process series rather than prometheus_client's multiprocess mode: that mode cannot carry the
 latent statistics (custom collectors and windowed gauges are not shared files), and a per-process
 label keeps every series exact: counters and histograms add up with `sum without (process)`, and each
-latent window is the correct window of the traffic that process served (docs/service.md says how to
-pool them).
+latent window is the correct window of the traffic that process served. The group's pooled window is
+added as `process="all"` (service/group_latent.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from service.group_latent import add_pooled
 
 __all__ = ["GroupMetrics", "ProcessScraper", "relabel"]
 
@@ -71,6 +73,8 @@ class ProcessScraper:
             except Exception as exc:  # noqa: BLE001 - a process that cannot be read is left out, counted
                 log.debug("scrape of process %s failed: %s", process, exc)
                 self._on_failure(process)
+        if targets:
+            add_pooled(families)
         return list(families.values())
 
     def close(self) -> None:

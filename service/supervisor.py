@@ -168,8 +168,9 @@ class Supervisor:
                 self.serving = True
                 for s in self.slots:
                     self._send(s, {"health": "SERVING"})
-                log.info("listening on %s:%d: all %d processes warm, SERVING%s", self.settings.host, self.port,
-                         self.n, f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "")
+                metrics = f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else ""
+                log.info("listening on %s:%d: all %d processes warm, SERVING%s", self.settings.host,
+                         self.port, self.n, metrics)
 
     def _reap(self) -> int | None:
         """Handle processes that exited; returns an exit code when the group must stop."""

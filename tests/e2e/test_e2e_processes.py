@@ -109,6 +109,11 @@ def group(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         g.kill()
 
 
+def _shape(model_dir: Path) -> list[int]:
+    import json
+    return list(json.loads((model_dir / "manifest.json").read_text())["input_shape"])
+
+
 def _latent(model_dir: Path) -> int:
     import json
     return int(json.loads((model_dir / "manifest.json").read_text())["latent_dim"])
@@ -131,6 +136,22 @@ def test_two_processes_serve_one_port_and_one_scrape_shows_both(group: Group, mo
     assert _value(text, "vae_process_ready", process="1") == 1
     # One HELP/TYPE per family even though two processes expose it.
     assert text.count("# TYPE vae_requests_total counter") == 1
+
+
+def test_latent_windows_of_both_processes_pool_into_one(group: Group, model_dir: Path) -> None:
+    images = np.random.default_rng(0).random((8, *_shape(model_dir)), dtype=np.float32)
+    for _ in range(40):
+        with group.channel() as ch:
+            stub_for(ch).Encode(vae_pb2.EncodeRequest(images=tensor(images)), timeout=10)
+        time.sleep(0.06)  # > the latent worker's fold interval
+        text = group.scrape()
+        per = [_value(text, "vae_latent_window_images", process=p) for p in ("0", "1")]
+        if all(per):
+            break
+    assert all(per), "both processes should have encoded images"
+    pooled = _value(text, "vae_latent_window_images", process="all")
+    assert pooled == pytest.approx(sum(per), rel=1e-9)
+    assert _value(text, "vae_latent_mu_mean", process="all", dim="0") != 0
 
 
 def test_every_connection_reports_the_one_status(group: Group) -> None:
