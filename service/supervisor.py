@@ -154,7 +154,12 @@ class Supervisor:
             slot.buffer += chunk
             while b"\n" in slot.buffer:
                 line, slot.buffer = slot.buffer.split(b"\n", 1)
-                self._on_report(slot, json.loads(line))
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    log.warning("process %d sent an unreadable report line; ignored", slot.index)
+                    continue
+                self._on_report(slot, event)
 
     def _on_report(self, slot: _Slot, event: dict[str, object]) -> None:
         if event.get("event") == "warm":
@@ -211,6 +216,9 @@ class Supervisor:
         log.info("signal received: NOT_SERVING, draining %d processes (grace %.1f s)", self.n,
                  self.settings.grace_seconds)
         live = [s for s in self.slots if s.proc is not None]
+        # A process still loading when the signal came has no handler yet: SIGTERM ends it at once,
+        # which is a clean stop too (it had admitted nothing).
+        cold = {s.index for s in live if not s.warm}
         for s in live:
             self._send(s, {"health": "NOT_SERVING"})
             s.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -226,8 +234,10 @@ class Supervisor:
                 s.exit_codes.append(-9)
                 s.proc = None
                 self._close_pipes(s)
-        codes = [s.exit_codes[-1] for s in live if s.exit_codes]
-        return 0 if all(c == 0 for c in codes) else 1
+        clean = all(s.exit_codes and (s.exit_codes[-1] == 0 or (s.index in cold
+                                                                 and s.exit_codes[-1] == -signal.SIGTERM))
+                    for s in live)
+        return 0 if clean else 1
 
     # ---- the loop ----
     def run(self) -> int:

@@ -233,11 +233,18 @@ def test_sigterm_drains_every_process_without_failing_in_flight_requests(model_d
 
 
 def test_bad_process_counts_and_folders_are_one_line_and_exit_2(model_dir: Path, tmp_path: Path) -> None:
-    for argv in (["--model-dir", str(model_dir), "--processes", "0"],
+    taken = socket.socket()  # a port held without SO_REUSEPORT cannot be shared
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = str(taken.getsockname()[1])
+    for argv in (["--model-dir", str(model_dir), "--processes", "2", "--host", "127.0.0.1", "--port", busy],
+                 ["--model-dir", str(model_dir), "--processes", "0"],
                  ["--model-dir", str(model_dir), "--processes", "many"],
                  ["--model-dir", str(tmp_path / "missing"), "--processes", "2"]):
         r = subprocess.run([sys.executable, "-m", "vae_cli.main", "serve", "--port", "0",
                             "--metrics-port", "0", *argv], capture_output=True, text=True, timeout=60)
+        assert not re.search(r"starting \d+ server processes", r.stderr)
         assert r.returncode == 2, r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("vae serve:")]
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    taken.close()
