@@ -12,7 +12,8 @@ in their own session so that the load generator's server-CPU column sees every p
 each is stopped by its process group (SIGTERM, then SIGKILL after 30 s). With --repeat N every number
 is the median of N runs of the pair (servers alternate within a run). The model is the grey28 preset
 exported by `vae export` (trained briefly; speed does not depend on the weights) unless --model-dir.
-Figures on a shared machine are noisy: compare within one run only.
+The peers' scripts run in this project's virtualenv (numpy, onnxruntime, grpcio, grpcio-tools), not
+in the venvs of their setup.sh. Figures on a shared machine are noisy: compare within one run only.
 """
 
 from __future__ import annotations
@@ -158,8 +159,7 @@ def table(limit: dict[tuple[str, int], dict[str, float]],
     row("decode b1 c64, img/s (p99 ms)", "decode_b1_c64", "img_per_s", "", extra="p99_ms")
     row("encode b1 c64, img/s", "encode_b1_c64", "img_per_s", lim("encode", 1))
     row("decode b256 c4, img/s", "decode_b256_c4", "img_per_s", lim("decode", 256))
-    row("server CPU per request, ms (decode b1 c64)", "decode_b1_c64", "cpu_ms_per_request", "",
-        lower=True, nd=3)
+    row("server CPU per request, ms (decode b1 c64)", "decode_b1_c64", "cpu_ms_per_request", "", nd=3)
     return "\n".join(lines)
 
 

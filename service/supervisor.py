@@ -96,7 +96,8 @@ class Supervisor:
         self.settings = settings
         self.n = processes
         self.sock, self.port = reserve_port(settings.host, settings.port)
-        child = dataclasses.replace(settings, port=self.port, metrics_port=0)
+        # The resolved count, so that `auto` means the same number in every process.
+        child = dataclasses.replace(settings, port=self.port, metrics_port=0, processes=str(processes))
         self._child_settings = dataclasses.asdict(child)
         self.slots = [_Slot(i) for i in range(processes)]
         self.selector = selectors.DefaultSelector()
