@@ -221,6 +221,9 @@ def test_sigterm_drains_every_process_without_failing_in_flight_requests(model_d
         for t in threads:
             t.join(15)
         assert g.proc.wait(30) == 0
+        for pid in g.pids().values():  # the parent reaped every process it started
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
         assert draining == {health_pb2.HealthCheckResponse.NOT_SERVING}
         before = [o for t0, o in sent_before if t0 < t_signal]
         assert len(before) > 20
