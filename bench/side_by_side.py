@@ -14,6 +14,13 @@ is the median of N runs of the pair (servers alternate within a run). The model 
 exported by `vae export` (trained briefly; speed does not depend on the weights) unless --model-dir.
 The peers' scripts run in this project's virtualenv (numpy, onnxruntime, grpcio, grpcio-tools), not
 in the venvs of their setup.sh. Figures on a shared machine are noisy: compare within one run only.
+
+Connections: `loadgen.py` gives each of a cell's `--connections` clients its own channel, but grpc
+merges identical channels of one process into one TCP connection, and SO_REUSEPORT spreads
+connections: run as it is, a cell would reach one process of a group. The load generator is therefore
+run through bench/peers_loadgen.py (each channel its own connection; every server alike);
+`--shared-connections` runs it unwrapped. Below the table: each group's requests per process, from
+its one /metrics scrape, to show the spread.
 """
 
 from __future__ import annotations
@@ -61,34 +68,62 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _loadgen(peers: Path, *args: str, env: dict[str, str], log: Path, timeout: float) -> None:
+def _loadgen(peers: Path, *args: str, env: dict[str, str], log: Path, timeout: float,
+             own_connections: bool = True) -> None:
+    # Through bench/peers_loadgen.py unless asked otherwise: one TCP connection per channel.
+    wrap = [str(ROOT / "bench" / "peers_loadgen.py")] if own_connections else []
     with open(log, "ab") as f:
-        rc = subprocess.run([sys.executable, str(peers / "loadgen.py"), *args], env=env, cwd=peers,
+        rc = subprocess.run([sys.executable, *wrap, str(peers / "loadgen.py"), *args], env=env, cwd=peers,
                             stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
     if rc != 0:
         raise SystemExit(f"bench: loadgen {args[0]} failed (rc {rc}); see {log}")
 
 
 def run_server(label: str, cmd: list[str], peers: Path, target: str, port: int, model_dir: Path,
-               args: argparse.Namespace, env: dict[str, str], out: Path) -> dict[str, Any]:
+               args: argparse.Namespace, env: dict[str, str], out: Path,
+               metrics_port: int = 0) -> dict[str, Any]:
     """Start one server, load it with every cell, stop it; the loadgen's JSON."""
     logs = out / "logs"
     server_log = open(logs / f"{label}.server.log", "ab")
     proc = subprocess.Popen(cmd, cwd=peers, env=env, stdout=server_log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     result = out / f"{label}.json"
+    shares: dict[str, float] = {}
     try:
         budget = 120 + len(args.cells) * (args.warmup + args.duration + 20)
         _loadgen(peers, "run", "--target", target, "--addr", f"127.0.0.1:{port}", "--model-dir",
                  str(model_dir), "--label", label, "--out", str(result), "--cells", ",".join(args.cells),
                  "--warmup", str(args.warmup), "--duration", str(args.duration),
                  "--connections", str(args.connections), "--server-pgid", str(proc.pid),
-                 "--ready-timeout", "120", env=env, log=logs / f"{label}.loadgen.log", timeout=budget)
+                 "--ready-timeout", "120", env=env, log=logs / f"{label}.loadgen.log", timeout=budget,
+                 own_connections=not args.shared_connections)
+        shares = _requests_per_process(metrics_port) if metrics_port else {}
     finally:
         _stop(proc)
         server_log.close()
     doc: dict[str, Any] = json.loads(result.read_text())
+    doc["requests_per_process"] = shares
     return doc
+
+
+def _requests_per_process(metrics_port: int) -> dict[str, float]:
+    """Finished requests per server process from the group's one scrape (empty for one process)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "vae_requests":
+            for s in fam.samples:
+                if s.name == "vae_requests_total" and "process" in s.labels:
+                    out[s.labels["process"]] = out.get(s.labels["process"], 0.0) + s.value
+    return out
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -177,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
                    help='`vae serve` flags of one column (repeatable; default: "" and "--processes 2")')
     p.add_argument("--cells", type=lambda s: s.split(","), default=CELLS)
+    p.add_argument("--shared-connections", action="store_true",
+                   help="run loadgen.py as it is: grpc then merges a cell's channels into one connection")
     p.add_argument("--out", type=Path, default=ROOT / ".bench" / "side-by-side")
     args = p.parse_args(argv)
     peers = args.peers_dir.resolve()
@@ -214,15 +251,22 @@ def main(argv: list[str] | None = None) -> int:
             f"naive-run{r}", [sys.executable, str(peers / "serve_naive.py"), str(model_dir), str(port)],
             peers, "naive", port, model_dir, args, env, out))
         for flags in variants:
-            port = _free_port()
+            port, metrics_port = _free_port(), _free_port()
             label = ("vae serve " + flags).strip() if flags else "vae serve (defaults)"
             cmd = [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir), "--host",
-                   "127.0.0.1", "--port", str(port), "--metrics-port", str(_free_port()), *flags.split()]
+                   "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *flags.split()]
             safe = label.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
             runs.setdefault(label, []).append(run_server(f"{safe}-run{r}", cmd, peers, "vae", port,
-                                                         model_dir, args, env, out))
+                                                         model_dir, args, env, out, metrics_port))
     columns = {label: merge(docs) for label, docs in runs.items()}
     text = table(limit, columns)
+    for label, docs in runs.items():
+        for i, d in enumerate(docs):
+            shares = d.get("requests_per_process") or {}
+            total = sum(shares.values())
+            if len(shares) > 1 and total:
+                text += (f"\n\n`{label}` run {i}: requests per process over all cells: " + ", ".join(
+                    f"{p}: {v / total:.0%}" for p, v in sorted(shares.items())))
     header = (f"{args.repeat} run(s) of the pair, medians; {args.warmup} s warm-up + {args.duration} s "
               "per cell; "
               f"{args.connections} connection(s) per cell for every server; model {model_dir} "
