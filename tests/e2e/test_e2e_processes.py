@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from e2e_helpers import stub_for, tensor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from protos.vae.v1 import vae_pb2
 
@@ -134,8 +135,10 @@ def test_two_processes_serve_one_port_and_one_scrape_shows_both(group: Group, mo
     assert _value(text, "vae_processes") == 2
     assert _value(text, "vae_process_ready", process="0") == 1
     assert _value(text, "vae_process_ready", process="1") == 1
-    # One HELP/TYPE per family even though two processes expose it.
+    # One HELP/TYPE per family even though two processes expose it, and the whole page parses.
     assert text.count("# TYPE vae_requests_total counter") == 1
+    names = [f.name for f in text_string_to_metric_families(text)]
+    assert len(names) == len(set(names))
 
 
 def test_latent_windows_of_both_processes_pool_into_one(group: Group, model_dir: Path) -> None:
