@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from client.errors import JobError
+from contracts import files
+from contracts.files import atomic_write_bytes, sha256_bytes, sha256_file
 
 __all__ = [
     "atomic_write_bytes",
@@ -40,34 +39,9 @@ __all__ = [
 ]
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened for fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Sorted keys: job files and records compare byte for byte across reruns."""
+    files.atomic_write_json(path, obj, sort_keys=True)
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -82,18 +56,6 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, member.getvalue())
     return buf.getvalue()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -186,14 +148,10 @@ class ShardStore:
         self.record_path(index).unlink(missing_ok=True)  # a stale record must never vouch for new files
         if pngs:
             final = self.png_dir(index)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.folder))
+            tmp = files.stage_dir(final)  # a normal folder mode, not mkdtemp's private 0700
             for fname, data in pngs.items():
-                (tmp / fname).write_bytes(data)
-                with open(tmp / fname, "rb") as f:
-                    os.fsync(f.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+                files.write_bytes_synced(tmp / fname, data)
+            files.replace_dir(tmp, final)
             rec["png"] = {fname: sha256_bytes(data) for fname, data in pngs.items()}
         data = npz_bytes(arrays)
         atomic_write_bytes(self.npz_path(index), data)
