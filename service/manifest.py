@@ -5,7 +5,7 @@ The graph's real inputs/outputs are checked against the recorded ones once loade
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,11 @@ MANIFEST_VERSION = FORMAT_VERSION
 _SHOWN = 3
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    key: str  # encoder | decoder | encoder_fp16 | decoder_fp16
+@dataclass(frozen=True, kw_only=True)
+class GraphSpec(GraphEntry):
+    """A manifest graph entry whose file was found in the folder with the recorded size and hash."""
+
     path: Path
-    sha256: str
-    size_bytes: int
-    dtype: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,7 @@ def _graph(folder: Path, entry: GraphEntry) -> GraphSpec:
     if actual != entry.sha256:
         raise ModelError(f"{path}: sha256 {actual[:12]}... does not match manifest.json "
                          f"({entry.sha256[:12]}...); the file is corrupt or from another export")
-    return GraphSpec(entry.key, path, entry.sha256, entry.size_bytes, entry.dtype, entry.inputs,
-                     entry.outputs)
+    return GraphSpec(**{f.name: getattr(entry, f.name) for f in fields(entry)}, path=path)
 
 
 def _one_line(problems: list[str]) -> str:

@@ -53,23 +53,31 @@ def test_sibling_imports_follow_the_rules(package):
     assert not problems, "\n".join(problems)
 
 
-def test_serving_and_client_modules_do_not_load_torch():
-    """Importing every service and client module (and the CLI entry) must not bring torch in."""
+def _modules_loaded(packages: tuple[str, ...], extra: tuple[str, ...], forbidden: tuple[str, ...]) -> int:
+    """Import every module of `packages` (and `extra`) in a fresh interpreter; fail if any top-level
+    name in `forbidden` got loaded. Returns how many modules were imported."""
     code = (
         "import importlib, pkgutil, sys\n"
-        "import service, client\n"
-        "mods = ['vae_cli.main', 'protos.vae.v1']\n"
-        "for pkg in (service, client):\n"
-        "    mods += [pkg.__name__ + '.' + m.name for m in pkgutil.iter_modules(pkg.__path__)]\n"
+        f"mods = {list(extra)!r}\n"
+        f"for name in {list(packages)!r}:\n"
+        "    pkg = importlib.import_module(name)\n"
+        "    mods += [name + '.' + m.name for m in pkgutil.iter_modules(pkg.__path__)]\n"
         "for m in mods:\n"
         "    importlib.import_module(m)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'exporter'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r})\n"
         "print(len(mods), bad[:5])\n"
         "sys.exit(1 if bad else 0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert int(proc.stdout.split()[0]) > 10
+    return int(proc.stdout.split()[0])
+
+
+def test_serving_and_client_modules_do_not_load_torch():
+    """Importing every service and client module (and the CLI entry) must not bring torch in."""
+    n = _modules_loaded(("service", "client"), ("vae_cli.main", "protos.vae.v1"),
+                        ("torch", "trainer", "exporter"))
+    assert n > 10
 
 
 def test_contracts_imports_only_the_standard_library_and_numpy():
@@ -83,18 +91,5 @@ def test_contracts_imports_only_the_standard_library_and_numpy():
 
 def test_contracts_loads_without_torch_grpc_or_protobuf():
     """Importing every module of the core brings in none of the heavy stacks (nor a sibling)."""
-    code = (
-        "import importlib, pkgutil, sys\n"
-        "import contracts\n"
-        "mods = ['contracts.' + m.name for m in pkgutil.iter_modules(contracts.__path__)]\n"
-        "for m in mods:\n"
-        "    importlib.import_module(m)\n"
-        "heavy = ('torch', 'grpc', 'google', 'onnxruntime', 'trainer', 'exporter', 'service', 'client',\n"
-        "         'protos')\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "print(len(mods), bad[:5])\n"
-        "sys.exit(1 if bad else 0)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert int(proc.stdout.split()[0]) >= 6
+    heavy = ("torch", "grpc", "google", "onnxruntime", "trainer", "exporter", "service", "client", "protos")
+    assert _modules_loaded(("contracts",), (), heavy) >= 6
