@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import shutil
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -24,7 +23,9 @@ import numpy as np
 
 from client.errors import JobError
 from contracts import files
+from contracts.errors import JsonError
 from contracts.files import atomic_write_bytes, sha256_bytes, sha256_file
+from contracts.jsonio import read_json
 
 __all__ = [
     "atomic_write_bytes",
@@ -79,17 +80,21 @@ def select_shards(total: int, num_shards: int, shard_index: int) -> list[int]:
     return list(range(shard_index, total, num_shards))
 
 
+def _kind(job: Any) -> Any:
+    return job.get("format") if isinstance(job, dict) else type(job).__name__
+
+
 def ensure_job_file(folder: Path, kind: str, params: dict[str, Any]) -> None:
     """Create job.json, or check that the one there describes the same job."""
     path = Path(folder) / "job.json"
     record = {"format": kind, "format_version": 1, "params": params}
     if path.exists():
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            old = read_json(path)
+        except (OSError, JsonError) as exc:
             raise JobError(f"{path}: unreadable job file ({exc}); remove it to start over") from None
-        if old.get("format") != kind:
-            raise JobError(f"{path}: this folder holds a {old.get('format')!r} job, not {kind!r}")
+        if not isinstance(old, dict) or old.get("format") != kind:
+            raise JobError(f"{path}: this folder holds a {_kind(old)!r} job, not {kind!r}")
         old_params = old.get("params", {})
         diff = sorted(k for k in set(old_params) | set(params) if old_params.get(k) != params.get(k))
         if diff:
@@ -121,9 +126,10 @@ class ShardStore:
 
     def record(self, index: int) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.record_path(index).read_text()))
-        except (OSError, ValueError):
+            rec = read_json(self.record_path(index))
+        except (OSError, JsonError):
             return None
+        return rec if isinstance(rec, dict) else None
 
     def verify(self, index: int, expect: Mapping[str, Any]) -> bool:
         """Done means: the record exists, agrees with `expect` (count, seed, ...), and the shard file's
