@@ -34,7 +34,16 @@ __all__ = [
 
 
 def _umask() -> int:
-    # os.umask is the only portable way to read it; set it back at once.
+    """The process umask. Linux reports it in /proc; setting and restoring it with os.umask would
+    leave a moment in which files other threads create (job shards are written concurrently) get
+    umask 0, so that is only the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
