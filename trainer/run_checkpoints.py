@@ -8,7 +8,6 @@ memory between writes gets its block when it is written."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -20,7 +19,7 @@ import torch
 from trainer.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import ModelConfig, TrainConfig
 from trainer.errors import CheckpointError, TrainingFailed
-from trainer.model import VAE
+from trainer.model import VAE, build_model
 from trainer.reference import reference_block
 from trainer.runlog import RunLog
 from trainer.runtime import Runtime
@@ -96,8 +95,12 @@ class RunCheckpoints:
         """The reference block of the current weights, or of `model_state` (a state kept for later)."""
         model = self.model
         if model_state is not None:
-            model = copy.deepcopy(self.model)
+            # A fresh module rather than a deep copy (under DDP the live parameters carry its hooks);
+            # its initialisation draws from the CPU RNG, which the fork puts back.
+            with torch.random.fork_rng(devices=[]):
+                model = build_model(self.mcfg)
             model.load_state_dict(model_state)
+            model.to(self.rt.device)
         return reference_block(model, self.x_train, active_threshold=float(self.cfg.active_threshold),
                                data_info=self.data_info)
 

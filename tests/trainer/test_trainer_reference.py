@@ -110,8 +110,12 @@ def test_cost_is_paid_at_checkpoint_writes_only(tmp_path: Path, monkeypatch: pyt
     # The final last.pt, plus best.pt when the best epoch was not the last one.
     assert 1 <= calls["save_checkpoint"] <= 2 and calls["reference_block"] == calls["save_checkpoint"]
     assert steps == 5 * 13  # 1617 images in batches of 128: 65 steps, 5 epochs, at most 2 passes
-    for name in ("best.pt", "last.pt"):
-        assert "statistics" in load_checkpoint(run / name)["reference"]
+    images = training_images(t)
+    for name in ("best.pt", "last.pt"):  # each block is that of its own file's weights
+        ck = load_checkpoint(run / name)
+        want = model_statistics(model_from_checkpoint(ck), images, active_threshold=0.01)
+        np.testing.assert_allclose(ck["reference"]["statistics"]["mu_var"], want["mu_var"], rtol=1e-6)
+        np.testing.assert_allclose(ck["reference"]["statistics"]["kl_per_dim"], want["kl_per_dim"], rtol=1e-6)
 
 
 def test_statistics_passes_do_not_change_training(tmp_path: Path) -> None:
@@ -127,3 +131,36 @@ def test_statistics_passes_do_not_change_training(tmp_path: Path) -> None:
         assert torch.equal(v, b["model_state"][k]), k
     assert torch.equal(a["rng_state"]["torch"], b["rng_state"]["torch"])
     assert a["reference"]["statistics"] == b["reference"]["statistics"]
+
+
+def test_best_state_kept_in_memory_gets_the_block_of_its_own_weights(tmp_path: Path) -> None:
+    """The path of a best model found between throttled saves: its state is kept without a block, the
+    weights move on, and when it is written its block is computed from the kept weights (on a rebuilt
+    model; the training RNG is left as it was)."""
+    import copy
+
+    from trainer.runtime import setup_runtime, teardown_runtime
+    from trainer.train import _Run
+
+    m, t = _cfgs(tmp_path / "run", num_threads=1)
+    rt = setup_runtime(t.device, t.num_threads)
+    try:
+        run = _Run(m, t, rt, resume=False)
+        run._train_epoch()
+        kept = copy.deepcopy(run._state(reference=False))
+        assert "reference" not in kept
+        run.batch_in_epoch = 0
+        run._train_epoch()  # the live weights move on
+        run._pending_best = kept
+        rng = torch.get_rng_state()
+        run._save_pending_best()
+        assert torch.equal(torch.get_rng_state(), rng)
+        now = run._state()["reference"]["statistics"]
+    finally:
+        teardown_runtime(rt)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    want = model_statistics(model_from_checkpoint(best), training_images(t), active_threshold=0.01)
+    got = best["reference"]["statistics"]
+    np.testing.assert_allclose(got["mu_var"], want["mu_var"], rtol=1e-6)
+    np.testing.assert_allclose(got["kl_per_dim"], want["kl_per_dim"], rtol=1e-6)
+    assert not np.allclose(got["mu_mean"], now["mu_mean"], rtol=1e-4, atol=0)  # not the live weights'
