@@ -147,3 +147,12 @@ def test_malformed_reference_block(edit: Callable[[dict[str, Any]], Any], expect
     with pytest.raises(SourceError, match=r"bad\.pt: .*" + re.escape(expect)):
         export_model(bad, tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_data_flag_is_an_alias_of_reference_data() -> None:
+    from exporter.cli import build_export_parser
+
+    parse = build_export_parser().parse_args
+    assert parse(["run", "--out", "m", "--data", "digits"]).data == "digits"
+    assert parse(["run", "--out", "m", "--reference-data", "x.npz"]).data == "x.npz"
+    assert parse(["run", "--out", "m"]).data is None
