@@ -7,7 +7,7 @@ VAE := $(VENV)/bin/vae
 STAMP := $(VENV)/.installed
 DEMO := demo
 
-.PHONY: sysdeps venv demo test test-slow test-container lint protos protos-check bench clean
+.PHONY: sysdeps containerdeps venv demo test test-slow test-container lint protos protos-check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ sysdeps:
 	  else echo "note: prometheus not installed (needs root + apt-get); the real-scrape tests will skip"; fi; \
 	fi
 
+# System packages the real image build uses (scripts/container_test.sh): mmdebstrap makes a Debian base
+# without a registry, buildah builds the Dockerfile, podman runs the image (rootless helpers and runc for
+# containers inside a VM or container). Installed when missing and apt-get is usable, as for sysdeps.
+CONTAINER_PACKAGES := mmdebstrap buildah podman uidmap fuse-overlayfs slirp4netns runc
+containerdeps:
+	@if ! command -v mmdebstrap >/dev/null || ! command -v buildah >/dev/null || ! command -v podman >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null) \
+	      || { echo "error: could not install $(CONTAINER_PACKAGES)" >&2; exit 1; }; \
+	  else echo "error: make test-container needs mmdebstrap, buildah and podman (as root with apt-get they are installed: apt-get install $(CONTAINER_PACKAGES))" >&2; exit 1; fi; \
+	fi
+
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)
 
@@ -38,7 +50,7 @@ test: $(STAMP) sysdeps
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-container: $(STAMP)
+test-container: $(STAMP) containerdeps
 	$(PY) -m pytest -q -m container
 
 lint: $(STAMP)
