@@ -28,8 +28,11 @@ V2_DTYPES: dict[str, tuple[np.dtype, str | None]] = {
 }
 _CONTENT_FIELDS = ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
                    "fp32_contents", "fp64_contents", "bytes_contents")
-# Rank bound: a shape field of thousands of axes is no image; refuse it before multiplying.
+# Rank and span bounds: served tensors are rank 2 or 4 (the validator names the rank it wants); these
+# only keep numpy's reshape limits (64 axes, an intp-sized byte count over the non-zero axes even when
+# another axis is 0) from surfacing as an internal error, as in service/codec.py.
 _MAX_RANK = 8
+_MAX_BYTES = 2**62
 
 
 def v2_datatype(dtype: np.dtype | str) -> str:
@@ -41,12 +44,14 @@ def v2_datatype(dtype: np.dtype | str) -> str:
     raise InvalidArgument(f"dtype {kind} has no v2 datatype here")
 
 
-def _shape(tensor: Any) -> tuple[int, ...]:
+def _shape(tensor: Any, itemsize: int) -> tuple[int, ...]:
     shape = tuple(int(d) for d in tensor.shape)
     if len(shape) > _MAX_RANK:
         raise InvalidArgument(f"input {tensor.name!r}: rank {len(shape)} is over {_MAX_RANK}")
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input {tensor.name!r}: shape {list(shape)} has a negative axis")
+    if math.prod(max(d, 1) for d in shape) * itemsize > _MAX_BYTES:
+        raise InvalidArgument(f"input {tensor.name!r}: shape {list(shape)} is too large to address")
     return shape
 
 
@@ -100,7 +105,7 @@ def input_arrays(request: pb.ModelInferRequest, accepted: Sequence[str]) -> dict
             raise InvalidArgument(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; "
                                   f"use one of {', '.join(accepted)}")
         dtype, field = V2_DTYPES[tensor.datatype]
-        shape = _shape(tensor)
+        shape = _shape(tensor, dtype.itemsize)
         arrays[tensor.name] = (_from_raw(tensor, raw[i], dtype, shape) if raw
                                else _from_contents(tensor, dtype, field, shape))
     return arrays
