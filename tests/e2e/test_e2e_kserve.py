@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from e2e_helpers import ServerThread, array, settings_for, stub_for, tensor
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from protos.inference import grpc_service_pb2 as pb
@@ -66,6 +67,12 @@ def _code(call, request) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as err:
         call(request, timeout=10)
     return err.value.code(), err.value.details()
+
+
+def test_reflection_lists_the_v2_service(ch):
+    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert "inference.GRPCInferenceService" in {s.name for s in reply.list_services_response.service}
 
 
 def test_server_and_model_metadata(v2, name):
@@ -233,8 +240,12 @@ def test_not_ready_and_token(model_dir, tmp_path):
             s.channel() as c:
         v2 = pb_grpc.GRPCInferenceServiceStub(c)
         auth = [("authorization", "Bearer v2-token")]
-        code, _ = _code(v2.ServerLive, pb.ServerLiveRequest())
-        assert code == grpc.StatusCode.UNAUTHENTICATED
+        # Every v2 RPC, load and unload included, needs the token.
+        service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        for method in service.methods:
+            request = getattr(pb, method.input_type.name)()
+            code, _ = _code(getattr(v2, method.name), request)
+            assert code == grpc.StatusCode.UNAUTHENTICATED, method.name
         assert v2.ServerLive(pb.ServerLiveRequest(), timeout=10, metadata=auth).live
         assert not v2.ServerReady(pb.ServerReadyRequest(), timeout=10, metadata=auth).ready
         with pytest.raises(grpc.RpcError) as err:
