@@ -20,7 +20,15 @@ from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.inference import model_config_pb2 as mc
 from service.errors import InvalidArgument, NotFound, ServiceError, grpc_status, metric_reason
-from service.kserve_models import Endpoint, ModelLookup, ServedModel, require_ready, resolve, state
+from service.kserve_models import (
+    Endpoint,
+    ModelLookup,
+    ServedModel,
+    require_ready,
+    resolve,
+    state,
+    version_key,
+)
 from service.kserve_tensors import add_output, input_arrays
 from service.manifest import GraphSpec, TensorSpec
 from service.metrics import ServiceMetrics
@@ -121,7 +129,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _versions(self, name: str) -> list[str]:
         found = [m.version for m in self.lookup.serving() if m.name == name]
-        return sorted(found, key=lambda v: (1, int(v)) if v.isdigit() else (0, v))
+        return sorted(found, key=version_key)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> pb.ModelConfigResponse:

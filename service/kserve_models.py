@@ -22,7 +22,7 @@ from service.servicer import Submitter
 from service.validation import Validator
 
 __all__ = ["GRAPHS", "ServedModel", "IndexEntry", "Endpoint", "ModelLookup", "SingleModel", "resolve",
-           "require_ready", "split_name", "state"]
+           "require_ready", "split_name", "state", "version_key"]
 
 GRAPHS = ("encoder", "decoder")
 
@@ -111,10 +111,10 @@ def resolve(lookup: ModelLookup, v2_name: str, version: str = "") -> Endpoint:
     if version:
         chosen = [m for m in candidates if m.version == version]
         if not chosen:
-            versions = ", ".join(sorted((m.version for m in candidates), key=_version_key))
+            versions = ", ".join(sorted((m.version for m in candidates), key=version_key))
             raise NotFound(f"model {v2_name!r} has no version {version!r} serving; versions: {versions}")
         return Endpoint(chosen[0], split[1])
-    return Endpoint(max(candidates, key=lambda m: _version_key(m.version)), split[1])
+    return Endpoint(max(candidates, key=lambda m: version_key(m.version)), split[1])
 
 
 def state(lookup: ModelLookup, endpoint: Endpoint) -> IndexEntry:
@@ -134,7 +134,8 @@ def require_ready(lookup: ModelLookup, endpoint: Endpoint) -> None:
                           + "; load it with RepositoryModelLoad or retry")
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
+    """Sort key: integer versions (Triton's layout) in numeric order, above any other string."""
     return (1, int(version)) if version.isdigit() else (0, version)
 
 
