@@ -5,9 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VAE := $(VENV)/bin/vae
 STAMP := $(VENV)/.installed
+# tritonclient needs protobuf < 7 and the project's stubs protobuf >= 7.35: the tritonclient tests run
+# it from this second venv (tritonclient and numpy only), as a subprocess against a real `vae serve`.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 DEMO := demo
 
-.PHONY: sysdeps containerdeps venv demo test test-slow test-container lint protos protos-check bench clean
+.PHONY: sysdeps containerdeps venv triton-venv demo test test-slow test-container lint protos protos-check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "tritonclient[grpc]==2.73.0" numpy
+	touch $(TRITON_STAMP)
+
+triton-venv: $(TRITON_STAMP)
 
 # System packages the test suite uses for real: a Prometheus server + promtool (the real scrape and the
 # alert rules). Installed when missing and apt-get is usable; the tests that need them skip otherwise.
@@ -44,7 +55,7 @@ containerdeps:
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)
 
-test: $(STAMP) sysdeps
+test: $(STAMP) $(TRITON_STAMP) sysdeps
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -67,4 +78,4 @@ bench: $(STAMP)
 	set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
 
 clean:
-	rm -rf $(VENV) $(DEMO) .bench
+	rm -rf $(VENV) $(TRITON_VENV) $(DEMO) .bench
