@@ -12,12 +12,12 @@ from typing import Any
 __all__ = [
     "ServiceError",
     "InvalidArgument",
+    "NotFound",
     "LimitExceeded",
     "QueueFull",
     "DeadlineExpired",
     "Cancelled",
     "Unavailable",
-    "NotFound",
     "FailedPrecondition",
     "InferenceFailed",
     "ModelError",
@@ -37,6 +37,13 @@ class ServiceError(Exception):
 class InvalidArgument(ServiceError):
     status = "INVALID_ARGUMENT"
     reason = "invalid_argument"
+
+
+class NotFound(ServiceError):
+    """A model (or version) the request names is not served; the message lists what is."""
+
+    status = "NOT_FOUND"
+    reason = "not_found"
 
 
 class LimitExceeded(InvalidArgument):
@@ -70,13 +77,6 @@ class Cancelled(ServiceError):
 class Unavailable(ServiceError):
     status = "UNAVAILABLE"
     reason = "unavailable"
-
-
-class NotFound(ServiceError):
-    """A request names a model or version this server does not serve."""
-
-    status = "NOT_FOUND"
-    reason = "not_found"
 
 
 class FailedPrecondition(ServiceError):

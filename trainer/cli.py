@@ -344,7 +344,7 @@ def _evaluate(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.per_image:
         from trainer.scoring import score_images
 
-        sc = score_images(model.cpu(), images, k=ns.k, seed=ns.seed, batch_size=ns.batch_size)
+        sc = score_images(model, images, k=ns.k, seed=ns.seed, batch_size=ns.batch_size)
         rows = ["index,elbo,log_px,kl,iwae"] + [
             f"{i},{e:.9g},{r:.9g},{q:.9g},{w:.9g}"
             for i, (e, r, q, w) in enumerate(zip(sc.elbo, sc.log_px, sc.kl, sc.iwae, strict=True))]

@@ -49,14 +49,15 @@ def score_images(model: VAE, images: np.ndarray, *, k: int = 1, seed: int = 0,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
+    dev = next(model.parameters()).device
     gen = np.random.Generator(np.random.PCG64(seed))
     d = int(model.cfg.latent_dim)
     parts: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)).to(dev)
         b = len(x)
         mu, logvar = model.encode(x)
-        eps = torch.from_numpy(posterior_noise(gen, b, k, d))
+        eps = torch.from_numpy(posterior_noise(gen, b, k, d)).to(dev)
         z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps  # [B, k, D]
         params = model.decode(z.reshape(b * k, d))
         xr = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
@@ -66,7 +67,7 @@ def score_images(model: VAE, images: np.ndarray, *, k: int = 1, seed: int = 0,
         log_qz = (-0.5 * (_LOG_2PI + logvar.double()[:, None] + eps.double() ** 2)).sum(-1)
         iwae = torch.logsumexp(log_px + log_pz - log_qz, dim=1) - math.log(k)
         rec = log_px.mean(dim=1)
-        parts.append((rec.numpy(), kl.numpy(), iwae.numpy()))
+        parts.append((rec.cpu().numpy(), kl.cpu().numpy(), iwae.cpu().numpy()))
     rec_all, kl_all, iwae_all = (np.concatenate([p[i] for p in parts]) for i in range(3))
     return ImageScores(elbo=rec_all - kl_all, log_px=rec_all, kl=kl_all, iwae=iwae_all)
 
