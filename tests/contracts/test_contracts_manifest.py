@@ -162,3 +162,22 @@ def test_json_that_cannot_be_read(text: str | bytes, phrase: str) -> None:
     with pytest.raises(JsonError, match="^not valid JSON") as info:
         loads_json(text)
     assert phrase in str(info.value) and "\n" not in str(info.value)
+
+
+def test_score_keys_decoder_params_and_elbo_reference() -> None:
+    """The additive Score keys: an optional decoder_params graph (z -> params), likelihood_params and
+    reference.elbo_per_sample; a manifest without them stays valid (older exports)."""
+    m = copy.deepcopy(good())
+    m["graphs"]["decoder_params"] = _graph("decoder_params.onnx", [_tensor("z", ["N", D])],
+                                           [_tensor("params", ["N", 1, 8, 8])])
+    m["likelihood_params"] = {"log_sigma": -2.3}
+    m["reference"]["elbo_per_sample"] = {"mean": -30.0, "p01": -40.0, "p05": -37.0, "p50": -30.0,
+                                         "p95": -25.0, "p99": -22.0}
+    assert validate_manifest(m) == []
+    assert parse_manifest(m).graphs["decoder_params"].outputs[0].name == "params"
+    wrong = copy.deepcopy(m)
+    wrong["graphs"]["decoder_params"]["outputs"][0]["name"] = "x_mean"
+    assert validate_manifest(wrong)[0].startswith("graphs.decoder_params.outputs: tensors ['x_mean']")
+    partial = copy.deepcopy(m)
+    del partial["reference"]["elbo_per_sample"]["p01"]
+    assert "reference.elbo_per_sample" in validate_manifest(partial)[0]

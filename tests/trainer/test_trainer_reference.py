@@ -50,7 +50,11 @@ def test_block_holds_the_statistics_of_its_own_weights(tiny_run_dir: Path) -> No
 
         want = reference_statistics(encode, images, active_threshold=0.01)
         got = block["statistics"]
-        assert got.keys() == want.keys() and got["n_images"] == len(images) == 1617
+        # model_statistics adds the ELBO quantiles (Score's baseline) to the encoder statistics.
+        assert got.keys() == want.keys() | {"elbo_per_sample"} and got["n_images"] == len(images) == 1617
+        from trainer.scoring import elbo_reference
+
+        assert got["elbo_per_sample"] == pytest.approx(elbo_reference(model, images), rel=1e-6)
         for k in ("mu_mean", "mu_var", "posterior_var_mean", "kl_per_dim"):
             np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-9, err_msg=k)
         assert got["active_units"] == want["active_units"]
