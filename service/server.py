@@ -2,8 +2,9 @@
 
 Lifecycle: `create_server` checks the model folder and loads the sessions (fails fast, before any
 port is served); `start()` serves health as NOT_SERVING, warms both graphs up, then flips to SERVING;
-`stop()` flips to NOT_SERVING, stops accepting, lets in-flight RPCs finish within the grace, then
-closes the batchers and the metrics. Call these from a running asyncio event loop.
+`stop()` flips to NOT_SERVING, drains the Admission (new calls refused at once, admitted ones finish
+within the grace), stops grpc as soon as in-flight reaches 0, then closes the batchers and the
+metrics. Call these from a running asyncio event loop.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.admission import Admission
 from service.auth import TokenAuthInterceptor
 from service.batching import Batcher, DirectRunner, fixed_blocks
+from service.calls import CallGuard
 from service.decode_guard import add_guarded_servicer
 from service.errors import SettingsError
 from service.manifest import load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.runtime import Model, load_model
 from service.servicer import VaeServicer
-from service.settings import Settings
+from service.settings import Settings, receive_limit
 from service.tls import server_credentials
 from service.validation import Limits, Validator
 
-__all__ = ["create_server", "VaeServer", "SERVICE_NAME", "SERVER_VERSION"]
+__all__ = ["create_server", "VaeServer", "SERVICE_NAME", "SERVER_VERSION", "grpc_options"]
 
 log = logging.getLogger("vae.service")
 
@@ -45,6 +48,20 @@ DEFAULT_SAMPLE_BLOCK = 64
 # On stop, calls are still admitted for this long (at most a quarter of the grace) before new ones are
 # refused: the ones sent just before the signal are served.
 LAME_DUCK_SECONDS = 2.0
+# grpc core's own bound on calls received but not yet picked up by the application (defaults 1,000
+# soft / 3,000 hard, then it refuses or cancels them before any handler runs, uncounted). Raised far
+# above any --max-in-flight so that every call reaches a handler and the Admission is what refuses.
+CORE_PENDING_LIMIT = 1_000_000
+
+
+def grpc_options(settings: Settings, receive_bytes: int) -> list[tuple[str, int]]:
+    """Options of the grpc.aio server: message limits, and core's pending-call limits lifted (see
+    CORE_PENDING_LIMIT); no SO_REUSEPORT (a second server on the same port must fail to bind)."""
+    return [("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.max_receive_message_length", receive_bytes),
+            ("grpc.server.max_pending_requests", CORE_PENDING_LIMIT),
+            ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT),
+            ("grpc.so_reuseport", 0)]
 
 
 def _warm_sizes(max_batch: int, gpu: bool) -> list[int]:
@@ -94,19 +111,23 @@ class VaeServer:
         self._sample_blocks: Any = None
         limits = Limits(settings.max_batch_per_request, settings.max_sample_n, settings.max_stream_n,
                         settings.default_chunk_size, settings.max_send_message_bytes)
+        # Derived from the model unless set: the largest valid request with headroom (settings.py).
+        self.receive_bytes = settings.max_receive_message_bytes or receive_limit(
+            manifest.input_shape, manifest.latent_dim, settings.max_batch_per_request)
         self.info = self._model_info(manifest.sha256)
+        # Ready / in flight / drain: owned here, shared by every servicer through one CallGuard.
+        self.admission = Admission(settings.max_in_flight, settings.retry_after_ms)
+        self.calls = CallGuard(self.admission, self.metrics)
         self.servicer = VaeServicer(info=self.info, validator=Validator(manifest.input_shape,
                                                                         manifest.latent_dim, limits),
                                     encoder=self.encoder, decoder=self.decoder, sampler=self._sample_gate,
-                                    metrics=self.metrics)
+                                    calls=self.calls)
         self.health = health_aio.HealthServicer()
         # No interceptor unless auth is on: grpc.aio runs every call through the interceptor chain in
         # Python, a cost per request (undecodable bytes are guarded in the handlers instead).
         interceptors: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(token)] if token else []
-        options = [("grpc.max_send_message_length", settings.max_send_message_bytes),
-                   ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-                   ("grpc.so_reuseport", 0)]
-        self.grpc_server = grpc.aio.server(interceptors=interceptors or None, options=options)
+        self.grpc_server = grpc.aio.server(interceptors=interceptors or None,
+                                           options=grpc_options(settings, self.receive_bytes))
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,
                              self.grpc_server)
@@ -129,7 +150,6 @@ class VaeServer:
         self.auth = bool(token)
         self.metrics_server: Any = None
         self.metrics_port = 0
-        self.ready = False
         self.load_seconds = time.perf_counter() - t0
 
     def _checked(self, run: Any) -> Any:
@@ -167,7 +187,7 @@ class VaeServer:
             model_name=m.model_name, model_version=m.model_version, input_shape=list(m.input_shape),
             latent_dim=m.latent_dim, likelihood=m.likelihood, execution_provider=self.provider,
             limits=vae_pb2.Limits(
-                max_receive_message_bytes=s.max_receive_message_bytes,
+                max_receive_message_bytes=self.receive_bytes,
                 max_send_message_bytes=s.max_send_message_bytes,
                 max_batch_per_request=s.max_batch_per_request, max_sample_n=s.max_sample_n,
                 max_stream_n=s.max_stream_n, max_batch_size=s.max_batch_size if s.dynamic_batching else 0,
@@ -212,26 +232,30 @@ class VaeServer:
         log.info("warm-up done in %.3f s (batch sizes %s); decoded rows independent of batch: %s%s",
                  time.perf_counter() - t0, sizes, self.model.rows_independent,
                  f"; Sample decodes in fixed blocks of {block}" if block else "")
-        self.ready = self.servicer.ready = True
+        self.admission.open()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    @property
+    def ready(self) -> bool:
+        return self.admission.ready
+
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new RPCs, give in-flight ones `grace` seconds, then close."""
+        """Drain: NOT_SERVING, refuse new RPCs, give admitted ones `grace` seconds, then close."""
         grace = self.settings.grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()  # NOT_SERVING first: balancers stop sending here
         # Lame duck: calls sent before the signal may still wait in grpc's queues behind a busy event
         # loop; keep admitting for a moment so that they are served, not refused.
         await asyncio.sleep(min(LAME_DUCK_SECONDS, grace / 4))
-        # Then new VaeService calls answer UNAVAILABLE (clients retry it, e.g. on another replica) while
-        # the port stays open for the admitted calls to finish; grpc's own stop() would answer calls it
-        # already received CANCELLED, which clients do not retry. So wait for the admitted calls and
-        # then for a quiet moment (no call reaching a handler) before stopping grpc.
-        self.ready = self.servicer.ready = False
-        quiet = min(0.25, grace / 4)
-        while time.monotonic() < deadline and (
-                self.servicer.in_flight or time.monotonic() - self.servicer.last_call < quiet):
-            await asyncio.sleep(0.02)
+        # Then every new call is refused UNAVAILABLE at once (clients retry it, e.g. on another
+        # replica) and the drain waits on the admitted work only: refused calls, however many and
+        # however often retried, do not delay it.
+        t0 = time.monotonic()
+        drained = await self.admission.drain(deadline - t0)
+        log.info("drain: %s in %.3f s", "all admitted calls finished" if drained else
+                 f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0)
+        # grpc's stop returns as soon as no call is left in a handler (the refusals being answered
+        # finish within milliseconds) and cancels what is left only when the grace is over.
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
         for runner in (self.encoder, self.decoder, self._sample_blocks):
             if runner is not None:

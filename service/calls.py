@@ -1,0 +1,170 @@
+"""One wrapper for every gRPC handler: admission, request metrics, and the error -> status mapping.
+
+Each handler of a servicer is decorated with `@rpc("Method")` (unary or server-streaming alike) and
+the servicer holds a `calls: CallGuard`. For every call the wrapper
+
+- answers an undecodable request body INVALID_ARGUMENT (service.decode_guard hands it a marker);
+- admits the call through the server's Admission (UNAVAILABLE when not ready, RESOURCE_EXHAUSTED at the
+  in-flight bound) unless the method is exempt (`admit=False`, e.g. GetModelInfo);
+- counts it in vae_requests_total / vae_request_duration_seconds / vae_requests_in_flight with the
+  status it really got, and every failure in vae_errors_total by reason;
+- maps a ServiceError to its status (service.errors) and anything unexpected to INTERNAL, logged with
+  its traceback; without this, grpc answers an escaped exception UNKNOWN;
+- puts a retry hint on RESOURCE_EXHAUSTED: trailers `retry-after-ms` and `grpc-retry-pushback-ms`.
+
+Not servicer-private: any servicer (VaeService, the KServe one, later ones) reuses it by holding the
+server's CallGuard and decorating its handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, Protocol, TypeVar, cast
+
+import grpc
+
+from service.admission import Admission
+from service.decode_guard import GUARDED_ATTR, UndecodableBody
+from service.errors import ServiceError, Undecodable
+from service.metrics import ServiceMetrics
+from service.validation import NonFinite
+
+__all__ = ["CallGuard", "rpc", "RETRY_AFTER_KEY", "RETRY_PUSHBACK_KEY"]
+
+log = logging.getLogger("vae.service")
+
+RETRY_AFTER_KEY = "retry-after-ms"
+# gRPC's retry policy reads this trailer: a client channel with a service-config retry policy waits
+# this long before its next attempt (gRFC A6, "Pushback").
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _HasCalls(Protocol):
+    calls: CallGuard
+
+
+class CallGuard:
+    """What every handler call goes through; one per server, shared by all its servicers."""
+
+    def __init__(self, admission: Admission, metrics: ServiceMetrics) -> None:
+        self.admission = admission
+        self.metrics = metrics
+
+    def _trailers(self, exc: ServiceError) -> tuple[tuple[str, str], ...]:
+        if exc.status != "RESOURCE_EXHAUSTED":
+            return ()
+        hint = str(exc.retry_after_ms if exc.retry_after_ms is not None else self.admission.retry_after_ms)
+        return ((RETRY_AFTER_KEY, hint), (RETRY_PUSHBACK_KEY, hint))
+
+    async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext) -> NoReturn:
+        self.metrics.error(exc.reason)
+        if isinstance(exc, NonFinite):
+            self.metrics.nonfinite("input", exc.count)
+        await context.abort(getattr(grpc.StatusCode, exc.status), str(exc),
+                            trailing_metadata=self._trailers(exc))
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def _enter(self, request: Any, admit: bool) -> bool:
+        """Checks made before the handler body runs; True when the call was admitted."""
+        if isinstance(request, UndecodableBody):
+            raise Undecodable(request.message)
+        if admit:
+            self.admission.admit()
+        return admit
+
+    @staticmethod
+    def _internal(method: str, exc: BaseException) -> ServiceError:
+        log.error("unexpected error in %s: %s: %s", method, type(exc).__name__, exc, exc_info=exc)
+        # The cause stays in the server log: a client learns nothing about the internals.
+        return ServiceError(f"internal error while serving {method}; the server logged the cause")
+
+    async def unary(self, method: str, admit: bool, body: Callable[[Any, Any], Awaitable[Any]],
+                    request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        self.metrics.request_started(method)
+        code, admitted = "OK", False
+        try:
+            admitted = self._enter(request, admit)
+            return await body(request, context)
+        except ServiceError as exc:
+            code = exc.status
+            await self._abort(exc, context)
+        except grpc.aio.AbortError:
+            code = _code_name(context)  # the body aborted on its own
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = "INTERNAL"
+            await self._abort(self._internal(method, exc), context)
+        finally:
+            if admitted:
+                self.admission.release()
+            self.metrics.request_finished(method, code, time.perf_counter() - started)
+
+    async def stream(self, method: str, admit: bool, body: Callable[[Any, Any], AsyncIterator[Any]],
+                     request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        self.metrics.request_started(method)
+        code, admitted = "OK", False
+        try:
+            admitted = self._enter(request, admit)
+            async for item in body(request, context):
+                yield item
+        except ServiceError as exc:
+            code = exc.status
+            await self._abort(exc, context)
+        except grpc.aio.AbortError:
+            code = _code_name(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = "INTERNAL"
+            await self._abort(self._internal(method, exc), context)
+        finally:
+            if admitted:
+                self.admission.release()
+            self.metrics.request_finished(method, code, time.perf_counter() - started)
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN"
+
+
+def rpc(method: str, *, admit: bool = True) -> Callable[[F], F]:
+    """Decorate a handler of a servicer that holds `calls: CallGuard`: an `async def` (unary reply) or
+    an `async def ... yield` (server-streaming reply). `admit=False`: served while not ready too."""
+
+    def wrap(fn: F) -> F:
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def streaming(self: _HasCalls, request: Any,
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for item in self.calls.stream(method, admit, functools.partial(fn, self),
+                                                    request, context):
+                    yield item
+
+            handler: Any = streaming
+        else:
+            @functools.wraps(fn)
+            async def unary(self: _HasCalls, request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self.calls.unary(method, admit, functools.partial(fn, self), request, context)
+
+            handler = unary
+        setattr(handler, GUARDED_ATTR, True)  # decode_guard: this handler answers undecodable bodies
+        return cast(F, handler)
+
+    return wrap
