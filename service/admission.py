@@ -36,6 +36,8 @@ class Admission:
     ready: bool = False
     in_flight: int = 0
     draining: bool = False
+    # Most calls in flight at once since start (reported in the drain's log line).
+    peak_in_flight: int = 0
     # When the last admitted call finished (monotonic); 0 before any.
     last_release: float = 0.0
     _idle: asyncio.Event | None = field(default=None, repr=False)
@@ -53,6 +55,8 @@ class Admission:
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(self.max_in_flight, self.retry_after_ms)
         self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
 
     def release(self) -> None:
         """One admitted call has finished (OK or not)."""

@@ -252,8 +252,9 @@ class VaeServer:
         # however often retried, do not delay it.
         t0 = time.monotonic()
         drained = await self.admission.drain(deadline - t0)
-        log.info("drain: %s in %.3f s", "all admitted calls finished" if drained else
-                 f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0)
+        log.info("drain: %s in %.3f s (peak in flight %d)", "all admitted calls finished" if drained
+                 else f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0,
+                 self.admission.peak_in_flight)
         # grpc's stop returns as soon as no call is left in a handler (the refusals being answered
         # finish within milliseconds) and cancels what is left only when the grace is over.
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
