@@ -25,6 +25,14 @@ from service.errors import Overloaded, Unavailable
 __all__ = ["Admission", "NOT_READY_MESSAGE"]
 
 NOT_READY_MESSAGE = "the service is not ready (warming up or shutting down); retry"
+# After the admitted work is done: stop grpc in the first gap this long between arriving calls, and
+# at the latest after SETTLE_MAX_S. Why: grpc's stop cancels (CANCELLED, not retried by clients) the
+# calls that reached grpc core but not yet a handler; closed-loop clients send their next call right
+# after their last reply, and retrying ones come back in waves, so a stop at the very moment the work
+# ends would catch some. A short gap is found within one retry period; refused calls never extend
+# the wait beyond SETTLE_MAX_S (the drain waits on the work, not on the callers).
+SETTLE_GAP_S = 0.02
+SETTLE_MAX_S = 1.0
 
 
 @dataclass
@@ -38,8 +46,9 @@ class Admission:
     draining: bool = False
     # Most calls in flight at once since start (reported in the drain's log line).
     peak_in_flight: int = 0
-    # When the last admitted call finished (monotonic); 0 before any.
+    # When the last admitted call finished, and when the last call of any kind arrived (monotonic).
     last_release: float = 0.0
+    last_arrival: float = 0.0
     _idle: asyncio.Event | None = field(default=None, repr=False)
 
     def open(self) -> None:
@@ -71,13 +80,23 @@ class Admission:
         refused calls do not delay it."""
         self.ready = False
         self.draining = True
-        if self.in_flight <= 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
-        except TimeoutError:
-            return False
-        finally:
-            self._idle = None
+        if self.in_flight > 0:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
+            except TimeoutError:
+                return False
+            finally:
+                self._idle = None
         return True
+
+    def arrived(self) -> None:
+        """Note that a call reached a handler, admitted or not (see SETTLE_GAP_S)."""
+        self.last_arrival = time.monotonic()
+
+    async def settle(self, timeout: float) -> None:
+        """After the drain: wait for a gap of SETTLE_GAP_S without arriving calls, at most
+        min(SETTLE_MAX_S, timeout) seconds."""
+        end = time.monotonic() + max(0.0, min(SETTLE_MAX_S, timeout))
+        while time.monotonic() < end and time.monotonic() - self.last_arrival < SETTLE_GAP_S:
+            await asyncio.sleep(SETTLE_GAP_S / 4)

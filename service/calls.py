@@ -73,6 +73,7 @@ class CallGuard:
 
     def _enter(self, request: Any, admit: bool) -> bool:
         """Checks made before the handler body runs; True when the call was admitted."""
+        self.admission.arrived()
         if isinstance(request, UndecodableBody):
             raise Undecodable(request.message)
         if admit:

@@ -255,6 +255,7 @@ class VaeServer:
         log.info("drain: %s in %.3f s (peak in flight %d)", "all admitted calls finished" if drained
                  else f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0,
                  self.admission.peak_in_flight)
+        await self.admission.settle(deadline - time.monotonic())
         # grpc's stop returns as soon as no call is left in a handler (the refusals being answered
         # finish within milliseconds) and cancels what is left only when the grace is over.
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
