@@ -62,6 +62,10 @@ def serve_main(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.tune_malloc:
+        from service.memory import tune_malloc
+
+        tune_malloc()  # before any gRPC or onnxruntime thread exists
     try:
         return asyncio.run(_serve(settings))
     except (ModelError, SettingsError) as exc:

@@ -86,6 +86,8 @@ class Settings:
                              "(surrounding whitespace ignored; empty or blank refused)")
     auth_token_file: str = _f("", "file holding the bearer token (trailing whitespace ignored)")
     log_level: str = _f("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+    tune_malloc: bool = _f(True, "glibc malloc settings that return memory freed after large messages to "
+                                 "the OS (`vae serve` only; see service/memory.py)")
     latent_metrics: bool = _f(True, "compute latent-statistics metrics (off the request path)")
 
     def validate(self) -> None:

@@ -221,3 +221,29 @@ def test_container_user_is_non_root() -> None:
         uid, _, gid = users[-1].partition(":")
         assert uid.isdigit() and int(uid) != 0, (name, users[-1])
         assert not gid or (gid.isdigit() and int(gid) != 0), (name, users[-1])
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--auth-token", ""], {}),
+        (["--auth-token", "   "], {}),
+        ([], {"VAE_AUTH_TOKEN": ""}),
+        ([], {"VAE_AUTH_TOKEN": " \t "}),
+        (["--auth-token-file", ""], {}),
+    ],
+    ids=["flag-empty", "flag-blank", "env-empty", "env-blank", "file-flag-empty"],
+)
+def test_empty_or_blank_token_refuses_to_start(
+    tiny_model_dir: Path, args: list[str], env: dict[str, str]
+) -> None:
+    """An empty or blank token is a mistake, not "auth off": refused at start, exit 2, one line."""
+    argv = [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(tiny_model_dir), "--host",
+            "127.0.0.1", "--port", "0", "--metrics-port", "0", *args]
+    proc = subprocess.run(argv, env=child_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    # `python -m vae_cli.main` itself may add runpy's module warning; the CLI's own output is the rest.
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("<frozen runpy>")]
+    assert len(lines) == 1 and lines[0].startswith("vae serve: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "token" in lines[0] and ("empty" in lines[0] or "blank" in lines[0]), lines[0]
