@@ -25,14 +25,14 @@ from service.errors import Overloaded, Unavailable
 __all__ = ["Admission", "NOT_READY_MESSAGE"]
 
 NOT_READY_MESSAGE = "the service is not ready (warming up or shutting down); retry"
-# After the admitted work is done: stop grpc in the first gap this long between arriving calls, and
-# at the latest after SETTLE_MAX_S. Why: grpc's stop cancels (CANCELLED, not retried by clients) the
-# calls that reached grpc core but not yet a handler; closed-loop clients send their next call right
-# after their last reply, and retrying ones come back in waves, so a stop at the very moment the work
-# ends would catch some. A short gap is found within one retry period; refused calls never extend
-# the wait beyond SETTLE_MAX_S (the drain waits on the work, not on the callers).
-SETTLE_GAP_S = 0.02
-SETTLE_MAX_S = 1.0
+# After the admitted work is done, grpc is stopped while calls that arrive are parked in their handler
+# (not answered yet) for PARK_S, then refused UNAVAILABLE. Why: grpc's stop answers CANCELLED (which
+# clients do not retry) to calls that reached grpc core but no handler yet; a loop that is busy
+# answering refusals leaves such calls waiting in core. Parked calls cost the loop nothing, so it keeps
+# taking calls from core: parking starts PARK_S / 2 before grpc's stop, so that calls waiting in core
+# reach a handler, and lasts PARK_S after it, while grpc tells the clients to go (GOAWAY) and closes
+# the port; the parked calls are then refused and grpc's stop completes.
+PARK_S = 0.1
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Admission:
     last_release: float = 0.0
     last_arrival: float = 0.0
     _idle: asyncio.Event | None = field(default=None, repr=False)
+    _parked: asyncio.Event | None = field(default=None, repr=False)
 
     def open(self) -> None:
         """Warm: admit calls from now on."""
@@ -91,12 +92,20 @@ class Admission:
         return True
 
     def arrived(self) -> None:
-        """Note that a call reached a handler, admitted or not (see SETTLE_GAP_S)."""
+        """Note that a call reached a handler, admitted or not."""
         self.last_arrival = time.monotonic()
 
-    async def settle(self, timeout: float) -> None:
-        """After the drain: wait for a gap of SETTLE_GAP_S without arriving calls, at most
-        min(SETTLE_MAX_S, timeout) seconds."""
-        end = time.monotonic() + max(0.0, min(SETTLE_MAX_S, timeout))
-        while time.monotonic() < end and time.monotonic() - self.last_arrival < SETTLE_GAP_S:
-            await asyncio.sleep(SETTLE_GAP_S / 4)
+    def park(self) -> None:
+        """From now on refusals wait in `parked()` until `unpark()` (see PARK_S)."""
+        if self._parked is None:
+            self._parked = asyncio.Event()
+
+    def unpark(self) -> None:
+        if self._parked is not None:
+            self._parked.set()
+            self._parked = None
+
+    async def parked(self) -> None:
+        """Wait while refusals are parked (returns at once otherwise)."""
+        if self._parked is not None:
+            await self._parked.wait()

@@ -30,7 +30,7 @@ import grpc
 
 from service.admission import Admission
 from service.decode_guard import GUARDED_ATTR, UndecodableBody
-from service.errors import ServiceError, Undecodable
+from service.errors import ServiceError, Unavailable, Undecodable
 from service.metrics import ServiceMetrics
 from service.validation import NonFinite
 
@@ -64,6 +64,8 @@ class CallGuard:
         return ((RETRY_AFTER_KEY, hint), (RETRY_PUSHBACK_KEY, hint))
 
     async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext) -> NoReturn:
+        if isinstance(exc, Unavailable):
+            await self.admission.parked()  # while the server stops grpc (admission.PARK_S)
         self.metrics.error(exc.reason)
         if isinstance(exc, NonFinite):
             self.metrics.nonfinite("input", exc.count)

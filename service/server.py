@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.admission import Admission
+from service.admission import PARK_S, Admission
 from service.auth import TokenAuthInterceptor
 from service.batching import Batcher, DirectRunner, fixed_blocks
 from service.calls import CallGuard
@@ -255,10 +255,16 @@ class VaeServer:
         log.info("drain: %s in %.3f s (peak in flight %d)", "all admitted calls finished" if drained
                  else f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0,
                  self.admission.peak_in_flight)
-        await self.admission.settle(deadline - time.monotonic())
-        # grpc's stop returns as soon as no call is left in a handler (the refusals being answered
-        # finish within milliseconds) and cancels what is left only when the grace is over.
-        await self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
+        # grpc's stop sends GOAWAY, closes the port and returns as soon as no call is left in a handler;
+        # calls arriving meanwhile are parked, then refused (admission.PARK_S). It cancels what is left
+        # only when the grace is over.
+        # Parked first for a moment, so that calls already waiting in grpc core reach a handler.
+        self.admission.park()
+        await asyncio.sleep(min(PARK_S / 2, max(0.0, deadline - time.monotonic())))
+        stopping = asyncio.ensure_future(self.grpc_server.stop(max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(PARK_S, max(0.0, deadline - time.monotonic())))
+        self.admission.unpark()
+        await stopping
         for runner in (self.encoder, self.decoder, self._sample_blocks):
             if runner is not None:
                 await runner.close()

@@ -17,7 +17,7 @@ from e2e_helpers import ServerThread, settings_for, stub_for, tensor
 from prometheus_client import CollectorRegistry
 
 from protos.vae.v1 import vae_pb2
-from service.admission import SETTLE_MAX_S, Admission
+from service.admission import Admission
 from service.errors import Overloaded, Unavailable
 from service.settings import receive_limit
 
@@ -149,9 +149,12 @@ def test_admission_rules() -> None:
         b.open()
         b.admit()
         assert not await b.drain(0.05)  # the work outlived the timeout
-        a.arrived()
-        t0 = loop.time()
-        await a.settle(5.0)  # a gap without arrivals is found quickly, and never waited past the cap
-        assert loop.time() - t0 < SETTLE_MAX_S + 0.5
+        a.park()
+        parked = asyncio.ensure_future(a.parked())
+        await asyncio.sleep(0.02)
+        assert not parked.done()  # refusals wait while parked ...
+        a.unpark()
+        await asyncio.wait_for(parked, 1.0)  # ... and go on once unparked
+        await a.parked()  # not parked: returns at once
 
     asyncio.run(go())
