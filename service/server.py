@@ -29,6 +29,9 @@ from service.batching import Batcher, DirectRunner, fixed_blocks
 from service.calls import CallGuard
 from service.decode_guard import add_guarded_servicer
 from service.errors import SettingsError
+from service.kserve import SERVICE_NAME as INFERENCE_SERVICE_NAME
+from service.kserve import InferenceServicer, add_inference_service
+from service.kserve_models import ServedModel, SingleModel
 from service.manifest import load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.runtime import Model, load_model
@@ -45,6 +48,8 @@ SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "v
 SERVER_VERSION = "0.1.0"
 # Sample rows per fixed block when a provider's rows depend on their batch (see batching.fixed_blocks).
 DEFAULT_SAMPLE_BLOCK = 64
+# The v2 version of a lone model folder: a repository of one, version 1 (Triton's integer versions).
+V2_VERSION = "1"
 # On stop, calls are still admitted for this long (at most a quarter of the grace) before new ones are
 # refused: the ones sent just before the signal are served.
 LAME_DUCK_SECONDS = 2.0
@@ -56,12 +61,14 @@ CORE_PENDING_LIMIT = 1_000_000
 
 def grpc_options(settings: Settings, receive_bytes: int) -> list[tuple[str, int]]:
     """Options of the grpc.aio server: message limits, and core's pending-call limits lifted (see
-    CORE_PENDING_LIMIT); no SO_REUSEPORT (a second server on the same port must fail to bind)."""
+    CORE_PENDING_LIMIT)."""
     return [("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_receive_message_length", receive_bytes),
             ("grpc.server.max_pending_requests", CORE_PENDING_LIMIT),
             ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT),
-            ("grpc.so_reuseport", 0)]
+            # Off for one process, so a port already in use is an error; on when several processes
+            # share the port (service/supervisor.py), the kernel spreads connections.
+            ("grpc.so_reuseport", int(settings.process_count() > 1))]
 
 
 def _warm_sizes(max_batch: int, gpu: bool) -> list[int]:
@@ -131,9 +138,19 @@ class VaeServer:
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,
                              self.grpc_server)
+        # The Open Inference Protocol beside vae.v1: the same validator, batchers, metrics and admission.
+        self.lookup = SingleModel(ServedModel(
+            name=manifest.model_name, version=V2_VERSION, manifest=manifest,
+            validator=self.servicer.validator, encoder=self.encoder, decoder=self.decoder,
+            metrics=self.metrics,
+            max_batch_size=settings.max_batch_size if settings.dynamic_batching else 0,
+            max_queue_delay_us=int(settings.max_queue_delay_ms * 1000)), ready=lambda: self.ready)
+        self.inference = InferenceServicer(lookup=self.lookup, calls=self.calls, ready=lambda: self.ready,
+                                           server_name="vae", server_version=SERVER_VERSION)
+        add_inference_service(self.grpc_server, self.inference)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, INFERENCE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.grpc_server)
         address = f"{settings.host}:{settings.port}"
         try:

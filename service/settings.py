@@ -36,6 +36,10 @@ def receive_limit(input_shape: Sequence[int], latent_dim: int, max_batch_per_req
     return int(max_batch_per_request * per_row * RECEIVE_HEADROOM) + RECEIVE_SLACK_BYTES
 
 
+# More server processes than this is a typo, not a deployment (each holds its own sessions).
+MAX_PROCESSES = 256
+
+
 def _f(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help_text, "choices": choices})
 
@@ -89,6 +93,9 @@ class Settings:
     tune_malloc: bool = _f(True, "glibc malloc settings that return memory freed after large messages to "
                                  "the OS (`vae serve` only; see service/memory.py)")
     latent_metrics: bool = _f(True, "compute latent-statistics metrics (off the request path)")
+    processes: str = _f("1", "server processes on the one port (SO_REUSEPORT), each with its own sessions "
+                             "and batchers, under one parent that owns signals, health and /metrics; "
+                             "auto = one per core")
 
     def validate(self) -> None:
         """Check cross-field rules; raises SettingsError naming the setting."""
@@ -122,8 +129,24 @@ class Settings:
                                 "for no auth")
         if self.auth_token and self.auth_token_file:
             raise SettingsError("give the bearer token once: --auth-token or --auth-token-file, not both")
+        self.process_count()
         if not self.model_dir:
             raise SettingsError("no model folder: pass --model-dir DIR or set VAE_MODEL_DIR")
+
+    def process_count(self) -> int:
+        """`processes` as a number: `auto` is the cores this process may run on (at least 1)."""
+        text = self.processes.strip().lower()
+        if text == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                       else (os.cpu_count() or 1))
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_PROCESSES:
+            raise SettingsError(f"--processes / VAE_PROCESSES must be auto or 1..{MAX_PROCESSES}, "
+                                f"got {self.processes!r}")
+        return n
 
     def resolved_auth_token(self) -> str:
         """The bearer token from the setting or its file ("" = auth off)."""
