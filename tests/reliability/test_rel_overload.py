@@ -14,9 +14,10 @@ from rel_helpers import ServeProcess
 
 TOTAL = 5000
 CHANNELS = 10
-# Far below the default (1,024): on this small model the server keeps few calls in flight at once
-# (the event loop, not inference, is the bottleneck), so a low bound makes the admission refuse.
-MAX_IN_FLIGHT = 32
+# Far below the default (1,024): on this small model the server keeps only a handful of calls in flight
+# (the event loop, not inference, is the bottleneck; 32 was sometimes never reached), so a bound of 2,
+# crossed whenever two calls overlap, makes the admission refuse on any machine.
+MAX_IN_FLIGHT = 2
 
 
 def free_port() -> int:
@@ -53,6 +54,7 @@ def test_burst_only_ok_or_resource_exhausted_and_counted(tiny_model_dir: Path, t
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert sum(codes.values()) == TOTAL
     assert codes["RESOURCE_EXHAUSTED"] > 0, "the burst never reached the admission bound"
+    assert codes["OK"] > 0
     refused = [o for o in result.outcomes if o.code == "RESOURCE_EXHAUSTED"]
     # The project's own refusal (not grpc core's), each with the retry hint in its trailers.
     assert all("retry" in o.details for o in refused), {o.details for o in refused}
