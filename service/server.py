@@ -278,6 +278,9 @@ class VaeServer:
         # Parked first for a moment, so that calls already waiting in grpc core reach a handler.
         self.admission.park()
         await asyncio.sleep(min(PARK_S / 2, max(0.0, deadline - time.monotonic())))
+        # The instant is logged on the monotonic clock (shared by the processes of one host): a test
+        # tells the calls that met grpc's stop from all others.
+        log.info("grpc stop at monotonic %.4f", time.monotonic())
         stopping = asyncio.ensure_future(self.grpc_server.stop(max(0.0, deadline - time.monotonic())))
         await asyncio.sleep(min(PARK_S, max(0.0, deadline - time.monotonic())))
         self.admission.unpark()
