@@ -36,9 +36,10 @@ def read_bytes(value: bytes | str | Path | None, what: str) -> bytes | None:
 # rather than promise attempts that would never be made.
 MAX_ATTEMPTS = 5
 
-# The services the retry policy covers. Every one of their methods is an idempotent read, so a
-# replayed request is harmless; a method that changes state must be named in its own methodConfig
-# without a retryPolicy.
+# The services the retry policy covers. Every vae.v1 method is an idempotent read (same request, same
+# reply, no server state changed) and so is a health check: replaying one is harmless. A method that
+# is not safe to replay goes in RetryPolicy.never_retry: its own methodConfig without a retryPolicy
+# (gRPC applies the most specific name that matches).
 RETRIED_SERVICES = ("vae.v1.VaeService", "grpc.health.v1.Health")
 
 
@@ -64,6 +65,8 @@ class RetryPolicy:
     multiplier: float = 2.0
     retry_codes: frozenset[grpc.StatusCode] = field(
         default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}))
+    # "package.Service/Method" names that are never retried (a method that is not idempotent).
+    never_retry: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
@@ -73,6 +76,10 @@ class RetryPolicy:
             raise ValueError("backoffs must be > 0 seconds and multiplier >= 1")
         if grpc.StatusCode.OK in self.retry_codes:
             raise ValueError("OK is not a status to retry")
+        for name in self.never_retry:
+            service, _, method = name.rpartition("/")
+            if not service or not method:
+                raise ValueError(f"never_retry takes 'package.Service/Method' names, got {name!r}")
 
     @property
     def enabled(self) -> bool:
@@ -87,9 +94,11 @@ class RetryPolicy:
     def retryable(self, code: grpc.StatusCode | None) -> bool:
         return self.enabled and code in self.retry_codes
 
-    def limits(self) -> dict[grpc.StatusCode, int]:
-        """Most attempts per status code (codes not listed: 1)."""
-        return {code: self.max_attempts for code in self.retry_codes} if self.enabled else {}
+    def limits(self, method: str = "") -> dict[grpc.StatusCode, int]:
+        """Most attempts of `method` ("package.Service/Method") per status code (codes not listed: 1)."""
+        if not self.enabled or method in self.never_retry:
+            return {}
+        return {code: self.max_attempts for code in self.retry_codes}
 
     def service_config(self) -> dict[str, object]:
         """The gRPC service config that makes the channel retry the RPCs of RETRIED_SERVICES."""
@@ -102,9 +111,13 @@ class RetryPolicy:
                 "backoffMultiplier": self.multiplier,
                 "retryableStatusCodes": sorted(c.name for c in self.retry_codes),
             }
+        configs = [method]
+        if self.never_retry:
+            configs.append({"name": [{"service": s, "method": m}
+                                     for s, _, m in (n.rpartition("/") for n in self.never_retry)]})
         # No retryThrottling: its token bucket would stop every retry in a burst of RESOURCE_EXHAUSTED,
         # the very case the retries are for; the server's own admission and pushback pace the clients.
-        return {"methodConfig": [method]}
+        return {"methodConfig": configs}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2
 
 from client.channel import ChannelConfig, resolve_config
 from client.errors import VaeRpcError, from_rpc_error
-from client.flow import Emit, Flow, NextMessage, OpenStream, Sleep, Unary
+from client.flow import Emit, Flow, NextMessage, OpenStream, Sleep, Stubs, Unary
 from client.messages import (
     EncodeResult,
     SampleResult,
@@ -83,7 +83,7 @@ class ClientCore:
 
     def error(self, exc: grpc.RpcError, method: str, attempts: int = 1) -> VaeRpcError:
         return from_rpc_error(exc, method=method, target=self.target, attempts=attempts,
-                              retry_limit=self.config.retry.limits())
+                              retry_limit=self.config.retry.limits(Stubs.full_name(method)))
 
     def call(self, method: str, request: Message, timeout: float | None) -> Flow[Any]:
         """One unary call (gRPC retries it); a failure becomes a `VaeRpcError`."""
@@ -199,7 +199,8 @@ class ClientCore:
         message gRPC's policy already retried the call; after it, only a seeded stream can be resumed
         (the same seed replays the same samples), and only inside the stream's deadline."""
         code = exc.code() if callable(getattr(exc, "code", None)) else None
-        if done == 0 or seed is None or not self.config.retry.retryable(code):
+        allowed = self.config.retry.limits(Stubs.full_name("SampleStream"))
+        if done == 0 or seed is None or not isinstance(code, grpc.StatusCode) or code not in allowed:
             return None
         backoff = next(delays, None)  # bounds the resumes to max_attempts - 1
         hint = pushback_seconds(exc)

@@ -79,6 +79,12 @@ class Stubs:
         service, _, name = method.rpartition("/")
         return getattr(self._health if service == "Health" else self._vae, name)
 
+    @staticmethod
+    def full_name(method: str) -> str:
+        """"Encode" -> "vae.v1.VaeService/Encode"; "Health/Check" -> "grpc.health.v1.Health/Check"."""
+        service, _, name = method.rpartition("/")
+        return f"grpc.health.v1.Health/{name}" if service == "Health" else f"vae.v1.VaeService/{name}"
+
 
 class Program(Generic[T]):
     """Steps one flow. The driver reads `step`, performs it and calls `settle` (sync) or `asettle`

@@ -89,13 +89,21 @@ class _Servicer(vae_pb2_grpc.VaeServiceServicer):
     async def SampleStream(self, request: vae_pb2.SampleRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[vae_pb2.SampleResponse]:
         fault = await self._admit("SampleStream", context)
+        ended = [False]  # by its last message or by a scripted fault
+
+        def count(_: object) -> None:  # the call is over: if not ended above, the client cancelled it
+            self.owner.cancelled += not ended[0]
+
+        context.add_done_callback(count)
         chunk = request.chunk_size or 2
         for k, start in enumerate(range(0, request.n, chunk)):
             if fault is not None and k == fault.after_chunks:
+                ended[0] = True
                 await self._end(fault, context)
             count = min(chunk, request.n - start)
             images = _formatted(toy_images(request.seed, start, count), request.format)
             yield vae_pb2.SampleResponse(images=_tensor(images), offset=start)
+        ended[0] = True
 
     async def Decode(self, request: vae_pb2.DecodeRequest,
                      context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
@@ -113,6 +121,7 @@ class FaultServer:
     def __init__(self) -> None:
         self.script: dict[str, list[Fault]] = {}
         self.attempts: list[Attempt] = []
+        self.cancelled = 0               # SampleStreams the client cancelled before their end
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="fault-server")
         self.server: grpc.aio.Server | None = None

@@ -181,3 +181,48 @@ def test_stream_delays_are_bounded_and_exponential() -> None:
         assert base * 0.5 <= d <= base
     assert p.retryable(FULL) and p.retryable(DOWN) and not p.retryable(grpc.StatusCode.INVALID_ARGUMENT)
     assert not RetryPolicy(max_attempts=1).retryable(DOWN)
+
+
+def test_never_retry_methods_get_one_attempt() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02,
+                         never_retry=("vae.v1.VaeService/Sample",))
+    configs = policy.service_config()["methodConfig"]
+    assert configs[1] == {"name": [{"service": "vae.v1.VaeService", "method": "Sample"}]}  # type: ignore[index]
+    with FaultServer() as srv, VaeClient(srv.target, retry=policy, timeout=10) as c:
+        srv.fail("GetModelInfo", Fault(DOWN))
+        c.info()  # the rest of the service is still retried
+        srv.fail("Sample", Fault(FULL))
+        with pytest.raises(ResourceExhaustedError) as ei:
+            c.sample(2, seed=1)
+        assert len(srv.seen("Sample")) == 1 and ei.value.retry_limit == 1
+    with pytest.raises(ValueError, match="Service/Method"):
+        RetryPolicy(never_retry=("Sample",))
+
+
+def test_stopping_a_stream_early_cancels_it_on_the_server() -> None:
+    with FaultServer() as srv, VaeClient(srv.target, retry=FAST, timeout=30) as c:
+        stream = c.sample_stream(200_000, seed=1, uint8=True, chunk_size=1)
+        assert next(stream).offset == 0
+        stream.close()  # what a `break` out of the for loop does
+        end = time.monotonic() + 10
+        while srv.cancelled == 0 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert srv.cancelled == 1
+        assert c.sample(3, seed=2, uint8=True).images.shape == (3, 1, 2, 2)  # the client is still fine
+
+
+def test_stopping_an_async_stream_early_cancels_it_on_the_server() -> None:
+    with FaultServer() as srv:
+
+        async def go() -> None:
+            async with AsyncVaeClient(srv.target, retry=FAST, timeout=30) as c:
+                stream = c.sample_stream(200_000, seed=1, uint8=True, chunk_size=1)
+                assert (await stream.__anext__()).offset == 0
+                await stream.aclose()  # type: ignore[attr-defined]  # what a `break` leads to
+                for _ in range(250):
+                    if srv.cancelled:
+                        break
+                    await asyncio.sleep(0.02)
+                assert srv.cancelled == 1  # while the channel is still open: the close did it
+
+        asyncio.run(go())
