@@ -110,7 +110,9 @@ class VaeServer:
                    ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                    ("grpc.server.max_pending_requests", 1_000_000),
                    ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
-                   ("grpc.so_reuseport", 0)]
+                   # Off for one process, so a port already in use is an error; on when several
+                   # processes share the port (service/supervisor.py), the kernel spreads connections.
+                   ("grpc.so_reuseport", int(settings.process_count() > 1))]
         self.grpc_server = grpc.aio.server(interceptors=interceptors or None, options=options)
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,
