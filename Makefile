@@ -43,7 +43,7 @@ test-container: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service exporter client
+	$(VENV)/bin/mypy contracts service exporter client
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

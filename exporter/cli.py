@@ -86,6 +86,16 @@ def verify_main(argv: list[str]) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         print(f"vae verify: {args.checkpoint}: no such file", file=sys.stderr)
         return 2
+    from exporter.errors import ModelDirError
+    from exporter.manifest import read_manifest
+
+    try:  # a manifest that is not JSON at all is bad input: one line, exit 2 (as `vae serve` does)
+        read_manifest(args.model_dir)
+    except ModelDirError as exc:
+        print(f"vae verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError:
+        pass  # a missing manifest is one of the problems verify_model_dir lists
     problems = verify_model_dir(args.model_dir, args.checkpoint)
     if problems:
         print(f"vae verify: {args.model_dir}: {len(problems)} problem(s)", file=sys.stderr)

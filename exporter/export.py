@@ -20,8 +20,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from exporter.atomic import replace_dir, stage_dir, write_json_atomic
-from exporter.errors import ExportError, OutputExistsError, VerificationError
+from contracts.files import atomic_write_json, replace_dir, stage_dir
+from exporter.errors import ExportError, ModelDirError, OutputExistsError, VerificationError
 from exporter.graphs import (
     BATCH_DIM,
     DECODER_IO,
@@ -59,7 +59,7 @@ def check_output_dir(out_dir: Path, checkpoint_sha256: str, *, force: bool) -> N
         return
     try:
         existing = read_manifest(out_dir)
-    except (OSError, ValueError):
+    except (OSError, ModelDirError):
         raise OutputExistsError(str(out_dir), "is not empty and holds no model manifest") from None
     sha = (existing.get("checkpoint") or {}).get("sha256") if isinstance(existing, dict) else None
     if sha != checkpoint_sha256:
@@ -196,7 +196,7 @@ def export_model(source: Path, out_dir: Path, *, data: str | None = None, fp16: 
         except ValueError as exc:
             raise ExportError(f"reference statistics: {exc}") from None
         manifest = _manifest(src, training, files, meta, max_diff, reference, fp16)
-        write_json_atomic(stage / MANIFEST_NAME, manifest)
+        atomic_write_json(stage / MANIFEST_NAME, manifest)
         problems = verify_model_dir(stage)
         if problems:
             raise ExportError("the staged model folder failed its own check: " + "; ".join(problems))

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from exporter.errors import ExportError, Mismatch
+from exporter.errors import ExportError, Mismatch, ModelDirError
 from exporter.graphs import read_metadata
 from exporter.manifest import GRAPH_KEYS, read_manifest, sha256_file, validate_manifest
 from exporter.source import load_source, load_training_data
@@ -225,8 +225,10 @@ def verify_model_dir(model_dir: Path, checkpoint: Path | None = None) -> list[st
         m = read_manifest(model_dir)
     except FileNotFoundError:
         return [f"{model_dir}: no manifest.json (not an exported model folder)"]
-    except (OSError, ValueError) as exc:
-        return [f"{model_dir}/manifest.json: unreadable: {exc}"]
+    except ModelDirError as exc:
+        return [str(exc)]
+    except OSError as exc:
+        return [f"{model_dir}/manifest.json: unreadable: {exc.strerror or exc}"]
     problems = validate_manifest(m)
     if problems:
         return problems
