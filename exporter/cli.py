@@ -17,9 +17,10 @@ def build_export_parser() -> argparse.ArgumentParser:
         "plus manifest.json (nothing is written unless onnxruntime matches torch).")
     p.add_argument("source", type=Path, help="checkpoint file, or a run folder (its best.pt)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--data", default=None,
-                   help="images for the reference statistics (default: the checkpoint's own training "
-                        "data, whose fingerprint must match); giving it accepts and records a mismatch")
+    p.add_argument("--reference-data", "--data", dest="data", default=None, metavar="PATH",
+                   help="recompute the latent reference statistics on the train split of these images "
+                        "(default: the statistics the trainer stored in the checkpoint, or for an older "
+                        "checkpoint its own training data); recorded in the manifest. --data is an alias")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (for GPUs)")
     p.add_argument("--triton", type=Path, default=None, metavar="REPO_DIR",
                    help="also write a Triton/KServe model repository there")
@@ -42,6 +43,13 @@ def build_verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _origin(m: dict[str, Any]) -> str:
+    td = m["training_data"]
+    if td.get("reference_from") == "checkpoint":
+        return "stored in the checkpoint"
+    return f"computed on {td['source']}" + (", an override" if td.get("override") else "")
+
+
 def _summary(out: Path, m: dict[str, Any]) -> str:
     ref = m["reference"]
     graphs = ", ".join(f"{g['file']} ({g['size_bytes'] / 1024:.0f} KiB)" for g in m["graphs"].values())
@@ -50,7 +58,7 @@ def _summary(out: Path, m: dict[str, Any]) -> str:
     return (f"exported {m['model']['name']} {m['model']['version']} to {out}: {graphs}\n"
             f"verified on batches {m['verification']['batches']}: worst fp32 |ort - torch| = "
             f"{worst[1]:.2e} ({worst[0]}) <= {m['verification']['tolerance']:g}\n"
-            f"reference on {ref['n_images']} training images: {ref['active_units']}/{m['latent_dim']} "
+            f"reference ({_origin(m)}) on {ref['n_images']} images: {ref['active_units']}/{m['latent_dim']} "
             f"active units, KL per image mean {ref['kl_per_sample']['mean']:.2f} nats "
             f"(p50 {ref['kl_per_sample']['p50']:.2f}, p99 {ref['kl_per_sample']['p99']:.2f})")
 

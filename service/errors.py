@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "ServiceError",
     "InvalidArgument",
+    "NotFound",
     "LimitExceeded",
     "QueueFull",
     "DeadlineExpired",
@@ -35,6 +36,13 @@ class ServiceError(Exception):
 class InvalidArgument(ServiceError):
     status = "INVALID_ARGUMENT"
     reason = "invalid_argument"
+
+
+class NotFound(ServiceError):
+    """A model (or version) the request names is not served; the message lists what is."""
+
+    status = "NOT_FOUND"
+    reason = "not_found"
 
 
 class LimitExceeded(InvalidArgument):

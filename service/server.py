@@ -26,6 +26,9 @@ from service.auth import TokenAuthInterceptor
 from service.batching import Batcher, DirectRunner, fixed_blocks
 from service.decode_guard import add_guarded_servicer
 from service.errors import SettingsError
+from service.kserve import SERVICE_NAME as INFERENCE_SERVICE_NAME
+from service.kserve import InferenceServicer, add_inference_service
+from service.kserve_models import ServedModel, SingleModel
 from service.manifest import load_manifest
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.runtime import Model, load_model
@@ -42,6 +45,8 @@ SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "v
 SERVER_VERSION = "0.1.0"
 # Sample rows per fixed block when a provider's rows depend on their batch (see batching.fixed_blocks).
 DEFAULT_SAMPLE_BLOCK = 64
+# The v2 version of a lone model folder: a repository of one, version 1 (Triton's integer versions).
+V2_VERSION = "1"
 # On stop, calls are still admitted for this long (at most a quarter of the grace) before new ones are
 # refused: the ones sent just before the signal are served.
 LAME_DUCK_SECONDS = 2.0
@@ -117,9 +122,20 @@ class VaeServer:
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,
                              self.grpc_server)
+        # The Open Inference Protocol beside vae.v1: the same validator, batchers, metrics and admission.
+        self.lookup = SingleModel(ServedModel(
+            name=manifest.model_name, version=V2_VERSION, manifest=manifest,
+            validator=self.servicer.validator, encoder=self.encoder, decoder=self.decoder,
+            metrics=self.metrics,
+            max_batch_size=settings.max_batch_size if settings.dynamic_batching else 0,
+            max_queue_delay_us=int(settings.max_queue_delay_ms * 1000)), ready=lambda: self.ready)
+        self.inference = InferenceServicer(lookup=self.lookup, admit=self.servicer._call,
+                                           metrics=self.metrics, ready=lambda: self.ready,
+                                           server_name="vae", server_version=SERVER_VERSION)
+        add_inference_service(self.grpc_server, self.inference)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, INFERENCE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.grpc_server)
         address = f"{settings.host}:{settings.port}"
         try:
