@@ -10,7 +10,8 @@ the servicer holds a `calls: CallGuard`. For every call the wrapper
   status it really got, and every failure in vae_errors_total by reason;
 - maps a ServiceError to its status (service.errors) and anything unexpected to INTERNAL, logged with
   its traceback; without this, grpc answers an escaped exception UNKNOWN;
-- puts a retry hint on RESOURCE_EXHAUSTED: trailers `retry-after-ms` and `grpc-retry-pushback-ms`.
+- puts the admission's retry hint on its RESOURCE_EXHAUSTED: trailers `retry-after-ms` and
+  `grpc-retry-pushback-ms` (a full graph queue sends none: the client's own backoff applies).
 
 Not servicer-private: any servicer (VaeService, the KServe one, later ones) reuses it by holding the
 server's CallGuard and decorating its handlers.
@@ -58,9 +59,12 @@ class CallGuard:
         self.metrics = metrics
 
     def _trailers(self, exc: ServiceError) -> tuple[tuple[str, str], ...]:
-        if exc.status != "RESOURCE_EXHAUSTED":
+        # Only an error that carries its own hint (the admission's refusal) sends one: gRPC's retry policy
+        # replaces its exponential backoff by the pushback, so a fixed hint on every refusal (a full
+        # graph queue too) would keep a retrying client from backing off (gRFC A6).
+        if exc.status != "RESOURCE_EXHAUSTED" or exc.retry_after_ms is None:
             return ()
-        hint = str(exc.retry_after_ms if exc.retry_after_ms is not None else self.admission.retry_after_ms)
+        hint = str(exc.retry_after_ms)
         return ((RETRY_AFTER_KEY, hint), (RETRY_PUSHBACK_KEY, hint))
 
     async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext) -> NoReturn:
