@@ -17,6 +17,8 @@ __all__ = [
     "DeadlineExpired",
     "Cancelled",
     "Unavailable",
+    "NotFound",
+    "Unauthenticated",
     "InferenceFailed",
     "ModelError",
     "SettingsError",
@@ -68,6 +70,20 @@ class Cancelled(ServiceError):
 class Unavailable(ServiceError):
     status = "UNAVAILABLE"
     reason = "unavailable"
+
+
+class NotFound(ServiceError):
+    """A request named a model or version that is not served; the message lists what is."""
+
+    status = "NOT_FOUND"
+    reason = "not_found"
+
+
+class Unauthenticated(ServiceError):
+    """A guarded call (LoadModel, UnloadModel) without the server's bearer token."""
+
+    status = "UNAUTHENTICATED"
+    reason = "unauthenticated"
 
 
 class InferenceFailed(ServiceError):

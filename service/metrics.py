@@ -183,9 +183,11 @@ class ServiceMetrics:
         self._requests, self._latency, self._in_flight = fam.requests, fam.latency, fam.in_flight
         self._queue_wait, self._inference, self._batch = fam.queue_wait, fam.inference, fam.batch
         self._errors, self._nonfinite, self._dropped = fam.errors, fam.nonfinite, fam.dropped
-        fam.info.labels(*self._key).info({"name": model_name, "manifest_version": model_version,
-                                          "provider": provider, "latent_dim": str(latent_dim)})
-        self._used: set[tuple[Any, tuple[str, ...]]] = {(fam.info, ())}
+        self._used: set[tuple[Any, tuple[str, ...]]] = set()
+        if model_name:  # the server's catch-all for calls that reach no model has no info series
+            fam.info.labels(*self._key).info({"name": model_name, "manifest_version": model_version,
+                                              "provider": provider, "latent_dim": str(latent_dim)})
+            self._used.add((fam.info, ()))
         for reason in ("queue_full", "nonfinite", "shape"):
             self._child(self._dropped, reason)
         # Labelled children cached by label values: `labels()` costs a lock, a tuple and a dict look-up
@@ -231,14 +233,16 @@ class ServiceMetrics:
         key = ("method", method)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = (self._child(self._in_flight, method), self._child(self._latency, method))
+            c = self._children[key] = (self._child(self._in_flight, method),
+                                       self._child(self._latency, method))
         return c
 
     def _graph(self, graph: str) -> tuple:
         key = ("graph", graph)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = (self._child(self._queue_wait, graph), self._child(self._inference, graph),
+            c = self._children[key] = (self._child(self._queue_wait, graph),
+                                       self._child(self._inference, graph),
                                        self._child(self._batch, graph))
         return c
 
