@@ -1,4 +1,5 @@
-"""`vae serve`: settings from flags and VAE_* variables, start, serve until SIGTERM/SIGINT, drain."""
+"""`vae serve`: settings from flags and VAE_* variables, start, serve until SIGTERM/SIGINT, drain;
+SIGHUP rescans the model repository (load what is new, drain and release what left)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ async def _serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        # SIGHUP: rescan the repository now (reloads are serialised inside the registry).
+        log.info("SIGHUP: rescanning the model repository")
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await server.start(warm=False)
     log.info("listening on %s:%d (provider %s, tls %s, mtls %s, auth %s, dynamic batching %s)%s",
              settings.host, port, server.provider, server.tls, server.mtls, server.auth,

@@ -89,14 +89,21 @@ class ModelRegistry:
         manifest = load_manifest(self.settings.model_dir, fp16=self.settings.fp16)
         return single_model(self.settings.model_dir, manifest.model_name)
 
-    def _wanted(self, entries: dict[str, ModelEntry]) -> dict[str, set[int]]:
-        wanted: dict[str, set[int]] = {}
-        for name, entry in entries.items():
-            if name in self._unloaded:
-                continue
-            chosen = set(entry.wanted) | {v for (n, v) in self._extra if n == name and v in entry.sources}
-            wanted[name] = chosen - {v for (n, v) in self._unloaded_versions if n == name}
-        return wanted
+    def _choose(self, entry: ModelEntry, excluded: set[int]) -> set[int]:
+        """The versions of `entry` to serve: its policy applied to the versions that did not fail
+        (a failed newest version leaves the one before it serving), plus LoadModel's extra versions,
+        minus the versions UnloadModel took out."""
+        name = entry.name
+        usable = [v for v in entry.available if v not in excluded]
+        chosen = set(entry.policy.select(usable))
+        chosen |= {v for (n, v) in self._extra if n == name and v in entry.sources and v not in excluded}
+        return chosen - {v for (n, v) in self._unloaded_versions if n == name}
+
+    def _known_failed(self, entry: ModelEntry) -> set[int]:
+        """Versions that failed before and whose folder has not changed since."""
+        return {num for num in entry.available
+                if (f := self._failed.get((entry.name, num))) is not None
+                and f[0] == _fingerprint(entry.sources[num].path)}
 
     # ---- routing (synchronous: no await between a lookup and the caller's enter()) ----
     def resolve(self, model: str = "", version: str = "") -> ServedVersion:
@@ -172,16 +179,28 @@ class ModelRegistry:
         server starts when at least one version opened."""
         entries = self._scan()
         self._entries = entries
-        for name, nums in sorted(self._wanted(entries).items()):
-            for num in sorted(nums):
-                v = ServedVersion(entries[name].sources[num], self.settings, self.registry)
-                self.versions.setdefault(name, {})[num] = v
-                try:
-                    v.open()
-                except (ServiceError, OSError) as exc:
-                    if self.repository is None:
-                        raise
-                    self._fail(v, exc)
+        for name, entry in sorted(entries.items()):
+            if name in self._unloaded:
+                continue
+            excluded: set[int] = set()
+            while True:
+                chosen = self._choose(entry, excluded)
+                for num in sorted(chosen - excluded):
+                    if num in self.versions.get(name, {}):
+                        continue
+                    v = ServedVersion(entry.sources[num], self.settings, self.registry)
+                    self.versions.setdefault(name, {})[num] = v
+                    try:
+                        v.open()
+                    except (ServiceError, OSError) as exc:
+                        if self.repository is None:
+                            raise
+                        self._fail(v, exc)
+                        v.state = FAILED
+                failed = {n for n, v in self.versions.get(name, {}).items() if v.state == FAILED}
+                if failed <= excluded:
+                    break
+                excluded |= failed
         if not any(v.state == LOADING for vs in self.versions.values() for v in vs.values()):
             reasons = "; ".join(f"{s.model} {s.version}: {s.reason}" for s in self.statuses() if s.reason)
             raise ModelError(f"no servable model in {self.repository}" + (f" ({reasons})" if reasons else ""))
@@ -243,16 +262,31 @@ class ModelRegistry:
                 log.error("repository scan failed; serving what is loaded: %s", exc)
                 return self.statuses()
             self._entries = entries
-            wanted = self._wanted(entries)
-            for name, nums in sorted(wanted.items()):
-                for num in sorted(nums):
-                    await self._ensure(entries[name], num)
+            wanted: dict[str, set[int]] = {}
+            for name, entry in sorted(entries.items()):
+                if name in self._unloaded:
+                    continue
+                excluded = self._known_failed(entry)
+                while True:
+                    chosen = self._choose(entry, excluded)
+                    for num in sorted(chosen):
+                        await self._ensure(entry, num)
+                    failed = {n for n in chosen if self.versions[name][n].state == FAILED}
+                    if not failed:
+                        break
+                    excluded |= failed  # the newest failed: the policy falls back to older ones
+                wanted[name] = chosen
+                for num in excluded:  # failed versions stay listed (ListModels shows the reason)
+                    if num not in self.versions.get(name, {}):
+                        self.versions.setdefault(name, {})[num] = self._failed[(name, num)][1]
                 self._publish(name)
             for name in list(self.versions):
                 for num, v in list(self.versions[name].items()):
-                    if num not in wanted.get(name, set()) and v.state in (READY, LOADING):
+                    keep = wanted.get(name, set())
+                    if num not in keep and v.state in (READY, LOADING):
                         self._drain(v)
-                    elif num not in wanted.get(name, set()) and v.state == FAILED:
+                    elif v.state == FAILED and (name not in entries or num not in entries[name].sources
+                                                or name in self._unloaded):
                         del self.versions[name][num]
                 if name in self.versions and not self.versions[name]:
                     del self.versions[name]
