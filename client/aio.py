@@ -29,6 +29,7 @@ from client.messages import (
     read_sample,
     sample_request,
 )
+from client.pinning import ModelPin
 from client.planning import Plan, chunk_bounds, image_format
 from client.tensors import to_tensor
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -44,7 +45,7 @@ class AsyncVaeClient:
     Create it inside the event loop that uses it (grpc.aio channels belong to one loop)."""
 
     def __init__(self, target: str | None = None, *, config: ChannelConfig | None = None,
-                 **kwargs: Any) -> None:
+                 model: str = "", version: str = "", pin: bool = False, **kwargs: Any) -> None:
         if config is None:
             if target is None:
                 raise ValueError("give a target HOST:PORT or a config")
@@ -57,6 +58,8 @@ class AsyncVaeClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._info: vae_pb2.ModelInfo | None = None
         self._plan: Plan | None = None
+        # Which model/version requests name; `pin=True` adopts the first reply's (see client.pinning).
+        self.pin = ModelPin(model, version, sticky=pin)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -94,7 +97,10 @@ class AsyncVaeClient:
         async def attempt(t: float) -> Any:
             return await call(request, timeout=t, metadata=md)
 
-        return await self._retrying(method, attempt, timeout)
+        self.pin.stamp(request)
+        reply = await self._retrying(method, attempt, timeout)
+        self.pin.observe(reply, method)
+        return reply
 
     async def info(self, refresh: bool = False, timeout: float | None = None) -> vae_pb2.ModelInfo:
         if self._info is None or refresh:
@@ -172,6 +178,7 @@ class AsyncVaeClient:
         plan = await self.plan()
         chunk = chunk_size or plan.stream_chunk(n, uint8, return_latents)
         req = sample_request(n, seed, t, uint8, return_latents, chunk)
+        self.pin.stamp(req)
         md = self.config.metadata()
         per_try = timeout if timeout is not None else self.config.timeout
         delays = self.config.retry.delays()
@@ -180,6 +187,7 @@ class AsyncVaeClient:
             tries += 1
             try:
                 async for resp in self._stub.SampleStream(req, timeout=per_try, metadata=md):
+                    self.pin.observe(resp, "SampleStream")
                     if resp.offset < done:
                         continue
                     part = read_sample(resp, plan.input_shape, plan.latent_dim, uint8, return_latents,

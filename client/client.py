@@ -32,6 +32,7 @@ from client.messages import (
     read_sample,
     sample_request,
 )
+from client.pinning import ModelPin
 from client.planning import Plan, chunk_bounds, image_format
 from client.tensors import to_tensor
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -59,7 +60,7 @@ class VaeClient:
     """Blocking client. `VaeClient("host:50051", token=..., timeout=10)` or `VaeClient(config=cfg)`."""
 
     def __init__(self, target: str | None = None, *, config: ChannelConfig | None = None,
-                 **kwargs: Any) -> None:
+                 model: str = "", version: str = "", pin: bool = False, **kwargs: Any) -> None:
         if config is None:
             if target is None:
                 raise ValueError("give a target HOST:PORT or a config")
@@ -72,6 +73,8 @@ class VaeClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._info: vae_pb2.ModelInfo | None = None
         self._plan: Plan | None = None
+        # Which model/version requests name; `pin=True` adopts the first reply's (see client.pinning).
+        self.pin = ModelPin(model, version, sticky=pin)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -107,7 +110,10 @@ class VaeClient:
     def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
         call = getattr(self._stub, method)
         md = self.config.metadata()
-        return self._retrying(method, lambda t: call(request, timeout=t, metadata=md), timeout)
+        self.pin.stamp(request)
+        reply = self._retrying(method, lambda t: call(request, timeout=t, metadata=md), timeout)
+        self.pin.observe(reply, method)
+        return reply
 
     # -- model info and health ---------------------------------------------------------------------
     def info(self, refresh: bool = False, timeout: float | None = None) -> vae_pb2.ModelInfo:
@@ -191,6 +197,7 @@ class VaeClient:
         plan = self.plan()
         chunk = chunk_size or plan.stream_chunk(n, uint8, return_latents)
         req = sample_request(n, seed, t, uint8, return_latents, chunk)
+        self.pin.stamp(req)
         md = self.config.metadata()
         per_try = timeout if timeout is not None else self.config.timeout
         delays = self.config.retry.delays()
@@ -199,6 +206,7 @@ class VaeClient:
             tries += 1
             try:
                 for resp in self._stub.SampleStream(req, timeout=per_try, metadata=md):
+                    self.pin.observe(resp, "SampleStream")
                     if resp.offset < done:  # replayed after a retry: already delivered
                         continue
                     part = read_sample(resp, plan.input_shape, plan.latent_dim, uint8, return_latents,

@@ -167,7 +167,8 @@ def run_reload(v1: Path, v2: Path, *, clients: int, seconds: float, work: Path) 
         async def ready_then_drive() -> ReloadRun:
             run = ReloadRun(clients, seconds)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                await _until(vae_pb2_grpc.VaeServiceStub(ch), lambda vs: vs.get("1") and vs["1"].state == "ready")
+                await _until(vae_pb2_grpc.VaeServiceStub(ch),
+                             lambda vs: vs.get("1") and vs["1"].state == "ready")
             await _drive(port, proc.pid, repo, v2, run)
             return run
 

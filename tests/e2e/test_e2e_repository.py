@@ -155,10 +155,11 @@ def test_unload_then_load_and_a_corrupt_version_never_serves(repo: Path, tmp_pat
         srv.call(srv.server.reload(), timeout=60)  # type: ignore[union-attr]
         assert _find(reg, "vae_model_load_failures_total", model="a", version="3") == 1
 
-        for bad, code in ((vae_pb2.LoadModelRequest(model="zzz"), grpc.StatusCode.NOT_FOUND),
-                          (vae_pb2.LoadModelRequest(model="a", version="9"), grpc.StatusCode.NOT_FOUND),
-                          (vae_pb2.LoadModelRequest(model="a", version="x"), grpc.StatusCode.INVALID_ARGUMENT),
-                          (vae_pb2.LoadModelRequest(), grpc.StatusCode.INVALID_ARGUMENT)):
+        codes = grpc.StatusCode
+        for bad, code in ((vae_pb2.LoadModelRequest(model="zzz"), codes.NOT_FOUND),
+                          (vae_pb2.LoadModelRequest(model="a", version="9"), codes.NOT_FOUND),
+                          (vae_pb2.LoadModelRequest(model="a", version="x"), codes.INVALID_ARGUMENT),
+                          (vae_pb2.LoadModelRequest(), codes.INVALID_ARGUMENT)):
             with pytest.raises(grpc.RpcError) as err:
                 stub.LoadModel(bad, timeout=30)
             assert err.value.code() == code, bad
