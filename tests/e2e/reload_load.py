@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc  # noqa: E402
 
-__all__ = ["ReloadRun", "run_reload", "rss_bytes"]
+__all__ = ["ReloadRun", "run_reload", "rss_bytes", "check", "summary", "serve_repository", "wait_ready"]
 
 
 @dataclass
@@ -143,10 +145,9 @@ async def _drive(port: int, pid: int, repo: Path, v2: Path, run: ReloadRun) -> N
         await ch.close()
 
 
-def run_reload(v1: Path, v2: Path, *, clients: int, seconds: float, work: Path) -> ReloadRun:
-    """Serve v1 from a fresh repository under `work`, run the three changes under load, stop."""
-    repo = work / "repo"
-    shutil.copytree(v1, repo / "vae" / "1")
+@contextlib.contextmanager
+def serve_repository(repo: Path, work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A `vae serve --model-repository` process on a free port; (process, port); SIGTERM at the end."""
     log_path = work / "serve.log"
     cmd = [sys.executable, "-m", "vae_cli.main", "serve", "--model-repository", str(repo), "--host",
            "127.0.0.1", "--port", "0", "--metrics-port", "0", "--grace-seconds", "10"]
@@ -163,22 +164,83 @@ def run_reload(v1: Path, v2: Path, *, clients: int, seconds: float, work: Path) 
             elif proc.poll() is not None:
                 raise RuntimeError(f"vae serve exited: {log_path.read_text()}")
             time.sleep(0.1)
-
-        async def ready_then_drive() -> ReloadRun:
-            run = ReloadRun(clients, seconds)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                await _until(vae_pb2_grpc.VaeServiceStub(ch),
-                             lambda vs: vs.get("1") and vs["1"].state == "ready")
-            await _drive(port, proc.pid, repo, v2, run)
-            return run
-
-        return asyncio.run(ready_then_drive())
+        yield proc, port
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def wait_ready(port: int, model: str = "vae", version: str = "1") -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = vae_pb2_grpc.VaeServiceStub(ch)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listing = await stub.ListModels(vae_pb2.ListModelsRequest(), timeout=10)
+            if any((v.model, v.version, v.state) == (model, version, "ready") for v in listing.versions):
+                return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{model} {version} not ready")
+
+
+def run_reload(v1: Path, v2: Path, *, clients: int, seconds: float, work: Path) -> ReloadRun:
+    """Serve v1 from a fresh repository under `work`, run the three changes under load, stop."""
+    repo = work / "repo"
+    shutil.copytree(v1, repo / "vae" / "1")
+    with serve_repository(repo, work) as (proc, port):
+
+        async def ready_then_drive() -> ReloadRun:
+            run = ReloadRun(clients, seconds)
+            await wait_ready(port)
+            await _drive(port, proc.pid, repo, v2, run)
+            return run
+
+        return asyncio.run(ready_then_drive())
+
+
+def check(run: ReloadRun) -> list[str]:
+    """The acceptance rules; an empty list when they all hold."""
+    problems = []
+    if run.failures:
+        problems.append(f"{len(run.failures)} failed requests, e.g. {run.failures[:3]}")
+    versions = {v for _, _, v, _ in run.replies}
+    if versions != {"1", "2"}:
+        problems.append(f"replies from versions {sorted(versions)}, expected exactly 1 and 2 (never 3)")
+    # A request is routed when the server reads it, somewhere between sending and the reply: version 2
+    # cannot have answered before its folder existed, version 1 none sent after it was seen released.
+    if any(got < run.t_v2_added for _, got, v, _ in run.replies if v == "2"):
+        problems.append("a reply from version 2 before its folder was added")
+    if any(sent > run.t_v1_gone_seen for sent, _, v, _ in run.replies if v == "1"):
+        problems.append("a reply from version 1 to a request sent after it was released")
+    if not any(sent > run.t_v1_gone_seen for sent, _, v, _ in run.replies if v == "2"):
+        problems.append("no reply from version 2 after version 1 left")
+    final = {v: (state, reason, latest) for v, state, reason, latest in run.final}
+    if final.get("2", ("", "", False))[0::2] != ("ready", True):
+        problems.append(f"version 2 is not the ready latest version at the end: {final}")
+    if final.get("3", ("", "", False))[0] != "failed" or "sha256" not in final["3"][1]:
+        problems.append(f"the corrupt version 3 is not reported failed (sha256): {final}")
+    if "1" in final:
+        problems.append(f"version 1 still listed at the end: {final}")
+    if run.rss_after_unload > 1.10 * run.rss_one_version:
+        problems.append(f"RSS {run.rss_after_unload / 2**20:.1f} MiB after version 1 left, more than 10 % "
+                        f"above {run.rss_one_version / 2**20:.1f} MiB with version 1 alone")
+    return problems
+
+
+def summary(run: ReloadRun) -> dict[str, object]:
+    by_version: dict[str, int] = {}
+    for _, _, v, _ in run.replies:
+        by_version[v] = by_version.get(v, 0) + 1
+    lat = sorted(got - sent for sent, got, _, _ in run.replies)
+    return {"clients": run.clients, "seconds": run.seconds, "replies": len(run.replies),
+            "failed": len(run.failures), "replies_by_version": by_version,
+            "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
+            "latency_p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None,
+            "rss_one_version_mib": round(run.rss_one_version / 2**20, 1),
+            "rss_after_unload_mib": round(run.rss_after_unload / 2**20, 1), "final": run.final,
+            "problems": check(run)}
 
 
 def main() -> int:
@@ -190,15 +252,8 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = run_reload(args.v1, args.v2, clients=args.clients, seconds=args.seconds, work=Path(tmp))
-    by_version: dict[str, int] = {}
-    for _, _, v, _ in run.replies:
-        by_version[v] = by_version.get(v, 0) + 1
-    print(json.dumps({"clients": run.clients, "seconds": run.seconds, "replies": len(run.replies),
-                      "failed": len(run.failures), "replies_by_version": by_version,
-                      "rss_one_version_mib": round(run.rss_one_version / 2**20, 1),
-                      "rss_after_unload_mib": round(run.rss_after_unload / 2**20, 1), "final": run.final},
-                     indent=2))
-    return 0 if not run.failures else 1
+    print(json.dumps(summary(run), indent=2))
+    return 0 if not check(run) else 1
 
 
 if __name__ == "__main__":
