@@ -48,5 +48,8 @@ def test_stubs_import_and_name_the_service():
         "Sample",
         "Reconstruct",
         "SampleStream",
+        "ListModels",
+        "LoadModel",
+        "UnloadModel",
     }
     assert hasattr(vae_pb2_grpc, "VaeServiceStub")
