@@ -26,7 +26,7 @@ from service.errors import ModelError
 from service.latent_collector import LatentCollector, LatentState
 from service.latent_stats import LatentReference, LatentWindow, finite_rows
 
-__all__ = ["ServiceMetrics", "MetricsServer", "start_metrics_server", "DEFAULT_WINDOW"]
+__all__ = ["ServiceMetrics", "MetricsServer", "start_metrics_server", "DEFAULT_WINDOW", "load_failures"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class _Families:
     info: Info
     dropped: Counter
     latent: _LatentHub
+    load_failures: Counter
 
 
 _REGISTRY_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -133,10 +134,17 @@ def _families(r: CollectorRegistry) -> _Families:
                             "Images left out of the latent statistics: queue_full (worker behind), "
                             "nonfinite (NaN/Inf in mu or logvar), shape (wrong latent width).",
                             [*_MV, "reason"], registry=r),
-            latent=_LatentHub())
+            latent=_LatentHub(),
+            load_failures=Counter("vae_model_load_failures", "Model versions that failed verification, "
+                                  "loading or warm-up and were not served.", _MV, registry=r))
         r.register(fam.latent)  # type: ignore[arg-type]
         _REGISTRY_FAMILIES[r] = fam
         return fam
+
+
+def load_failures(registry: CollectorRegistry) -> Counter:
+    """The registry's `vae_model_load_failures_total{model,version}` counter (one per registry)."""
+    return _families(registry).load_failures
 
 
 @dataclass

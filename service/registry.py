@@ -23,10 +23,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from service.errors import InvalidArgument, ModelError, NotFound, ServiceError, SettingsError
 from service.manifest import load_manifest
+from service.metrics import load_failures
 from service.repository import ModelEntry, VersionPolicy, scan_repository, single_model
 from service.served import DRAINING, FAILED, LOADING, READY, ServedVersion
 from service.settings import Settings
@@ -73,9 +74,7 @@ class ModelRegistry:
         self._extra: set[tuple[str, int]] = set()  # versions LoadModel asked for beyond the policy
         self._lock = asyncio.Lock()
         self._releases: set[asyncio.Task[bool]] = set()
-        self.failures = Counter("vae_model_load_failures", "Model versions that failed verification, "
-                                "loading or warm-up and were not served.", ["model", "version"],
-                                registry=registry)
+        self.failures = load_failures(registry)
         self.default_model = settings.default_model
         self._entries: dict[str, ModelEntry] = {}
         self._broken: dict[str, str] = {}
