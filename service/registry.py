@@ -257,7 +257,7 @@ class ModelRegistry:
         async with self._lock:
             try:
                 entries = self._scan()
-            except ServiceError as exc:
+            except (ServiceError, OSError) as exc:
                 log.error("repository scan failed; serving what is loaded: %s", exc)
                 return self.statuses()
             self._entries = entries

@@ -152,7 +152,10 @@ class VaeServer:
         """Rescan the repository every poll_seconds (a failed scan is logged inside sync)."""
         while True:
             await asyncio.sleep(self.settings.poll_seconds)
-            await self.models.sync()
+            try:
+                await self.models.sync()
+            except Exception:  # a bad rescan must not end polling; the next one may succeed
+                log.exception("repository rescan failed; serving what is loaded")
 
     async def reload(self) -> None:
         """SIGHUP: rescan the repository now."""

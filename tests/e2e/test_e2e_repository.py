@@ -168,6 +168,30 @@ def test_unload_then_load_and_a_corrupt_version_never_serves(repo: Path, tmp_pat
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "loaded: a, b" in err.value.details()
 
 
+def test_polling_picks_up_a_new_version(repo: Path, tmp_path: Path) -> None:
+    import time
+
+    local = tmp_path / "repo"
+    shutil.copytree(repo, local)
+    with ServerThread(_settings(local, poll_seconds=0.2)) as srv, srv.channel() as ch:
+        stub = stub_for(ch)
+        assert _decode(stub, "b").version == "1"
+        shutil.copytree(local / "b" / "1", local / "b" / ".2.tmp")
+        (local / "b" / ".2.tmp").rename(local / "b" / "2")
+        deadline = time.monotonic() + 60
+        while _decode(stub, "b").version != "2" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _decode(stub, "b").version == "2"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # version 1 drained and released (policy latest)
+            if [v.version for v in stub.ListModels(vae_pb2.ListModelsRequest()).versions
+                    if v.model == "b"] == ["2"]:
+                break
+            time.sleep(0.1)
+        assert [v.version for v in stub.ListModels(vae_pb2.ListModelsRequest()).versions
+                if v.model == "b"] == ["2"]
+
+
 def test_load_and_unload_need_the_token_when_auth_is_on(repo: Path) -> None:
     with ServerThread(_settings(repo, auth_token="s3cret")) as srv, srv.channel() as ch:
         stub = stub_for(ch)
