@@ -7,6 +7,8 @@ grey28 preset, each trained briefly and exported by the real exporter (or given 
 --grey28-dir). Figures on a shared machine are noisy: compare ratios measured in one run.
 
     .venv/bin/python bench/serve.py [--duration 8 --warmup 2] [--out .bench/serve.json]
+    .venv/bin/python bench/serve.py --against-naive [...]   # beside ../shared/peers' naive server:
+                                                            # the issue's table (bench/side_by_side.py)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 __all__ = ["main"]
 
@@ -416,6 +419,12 @@ def goals(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--against-naive" in argv:
+        # The side-by-side run in the peers' harness (bench/side_by_side.py), the issue's table.
+        from side_by_side import main as side_by_side  # type: ignore[import-not-found]
+
+        return int(side_by_side([a for a in argv if a != "--against-naive"]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, help="small conv model folder (default: train + export one)")
     p.add_argument("--grey28-dir", type=Path, help="grey28 preset model folder (default: train + export one)")

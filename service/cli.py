@@ -74,6 +74,19 @@ def serve_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        processes = settings.process_count()
+        if processes > 1:
+            from service.manifest import load_manifest
+            from service.supervisor import run_group
+
+            # Checked once here, so that a bad model folder is one line and exit 2, not N of them.
+            if settings.model_repository:
+                from service.repository import VersionPolicy, scan_repository
+
+                scan_repository(settings.model_repository, VersionPolicy.parse(settings.version_policy))
+            else:
+                load_manifest(settings.model_dir, fp16=settings.fp16)
+            return run_group(settings, processes)
         return asyncio.run(_serve(settings))
     except (ModelError, SettingsError) as exc:
         print(f"vae serve: refusing to start: {exc}", file=sys.stderr)

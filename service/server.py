@@ -64,7 +64,9 @@ class VaeServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(token)] if token else []
         options = [("grpc.max_send_message_length", settings.max_send_message_bytes),
                    ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   # Off for one process, so a port already in use is an error; on when several
+                   # processes share the port (service/supervisor.py), the kernel spreads connections.
+                   ("grpc.so_reuseport", int(settings.process_count() > 1))]
         self.grpc_server = grpc.aio.server(interceptors=interceptors or None, options=options)
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,

@@ -19,6 +19,8 @@ from service.repository import VersionPolicy
 __all__ = ["Settings", "build_parser", "settings_from_args", "env_name", "flag_name"]
 
 MIB = 1024 * 1024
+# More server processes than this is a typo, not a deployment (each holds its own sessions).
+MAX_PROCESSES = 256
 
 
 def _f(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -74,6 +76,9 @@ class Settings:
     auth_token_file: str = _f("", "file holding the bearer token (trailing whitespace ignored)")
     log_level: str = _f("INFO", "logging level", ("DEBUG", "INFO", "WARNING", "ERROR"))
     latent_metrics: bool = _f(True, "compute latent-statistics metrics (off the request path)")
+    processes: str = _f("1", "server processes on the one port (SO_REUSEPORT), each with its own sessions "
+                             "and batchers, under one parent that owns signals, health and /metrics; "
+                             "auto = one per core")
 
     def validate(self) -> None:
         """Check cross-field rules; raises SettingsError naming the setting."""
@@ -103,6 +108,7 @@ class Settings:
             raise SettingsError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.auth_token and self.auth_token_file:
             raise SettingsError("give the bearer token once: --auth-token or --auth-token-file, not both")
+        self.process_count()
         if not self.model_dir and not self.model_repository:
             raise SettingsError("no model folder or repository: pass --model-dir DIR or --model-repository "
                                 "REPO (VAE_MODEL_DIR, VAE_MODEL_REPOSITORY)")
@@ -112,6 +118,21 @@ class Settings:
         if self.poll_seconds < 0:
             raise SettingsError(f"--poll-seconds must be >= 0, got {self.poll_seconds}")
         VersionPolicy.parse(self.version_policy)
+
+    def process_count(self) -> int:
+        """`processes` as a number: `auto` is the cores this process may run on (at least 1)."""
+        text = self.processes.strip().lower()
+        if text == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                       else (os.cpu_count() or 1))
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_PROCESSES:
+            raise SettingsError(f"--processes / VAE_PROCESSES must be auto or 1..{MAX_PROCESSES}, "
+                                f"got {self.processes!r}")
+        return n
 
     def resolved_auth_token(self) -> str:
         """The bearer token from the setting or its file ("" = auth off)."""
