@@ -49,6 +49,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scripts/image_requirements.py scripts/
+COPY contracts/ contracts/
 COPY trainer/ trainer/
 COPY exporter/ exporter/
 COPY service/ service/
@@ -74,7 +75,7 @@ RUN --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
     /opt/venv/bin/pip install --no-deps /src; \
     /opt/venv/bin/pip check; \
     if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch must not be in the serving image" >&2; exit 1; fi; \
-    /opt/venv/bin/python -c "import onnxruntime, service, client, protos; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+    /opt/venv/bin/python -c "import onnxruntime, contracts.manifest, service, client, protos; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # ---------------------------------------------------------------------------------------------------
 FROM builder AS build-train

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
-import json
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,6 +22,10 @@ from typing import Any
 import numpy as np
 
 from client.errors import JobError
+from contracts import files
+from contracts.errors import JsonError
+from contracts.files import atomic_write_bytes, sha256_bytes, sha256_file
+from contracts.jsonio import read_json
 
 __all__ = [
     "atomic_write_bytes",
@@ -40,34 +40,9 @@ __all__ = [
 ]
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened for fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Sorted keys: job files and records compare byte for byte across reruns."""
+    files.atomic_write_json(path, obj, sort_keys=True)
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -82,18 +57,6 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, member.getvalue())
     return buf.getvalue()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -117,17 +80,21 @@ def select_shards(total: int, num_shards: int, shard_index: int) -> list[int]:
     return list(range(shard_index, total, num_shards))
 
 
+def _kind(job: Any) -> Any:
+    return job.get("format") if isinstance(job, dict) else type(job).__name__
+
+
 def ensure_job_file(folder: Path, kind: str, params: dict[str, Any]) -> None:
     """Create job.json, or check that the one there describes the same job."""
     path = Path(folder) / "job.json"
     record = {"format": kind, "format_version": 1, "params": params}
     if path.exists():
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            old = read_json(path)
+        except (OSError, JsonError) as exc:
             raise JobError(f"{path}: unreadable job file ({exc}); remove it to start over") from None
-        if old.get("format") != kind:
-            raise JobError(f"{path}: this folder holds a {old.get('format')!r} job, not {kind!r}")
+        if not isinstance(old, dict) or old.get("format") != kind:
+            raise JobError(f"{path}: this folder holds a {_kind(old)!r} job, not {kind!r}")
         old_params = old.get("params", {})
         diff = sorted(k for k in set(old_params) | set(params) if old_params.get(k) != params.get(k))
         if diff:
@@ -159,9 +126,10 @@ class ShardStore:
 
     def record(self, index: int) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.record_path(index).read_text()))
-        except (OSError, ValueError):
+            rec = read_json(self.record_path(index))
+        except (OSError, JsonError):
             return None
+        return rec if isinstance(rec, dict) else None
 
     def verify(self, index: int, expect: Mapping[str, Any]) -> bool:
         """Done means: the record exists, agrees with `expect` (count, seed, ...), and the shard file's
@@ -186,14 +154,10 @@ class ShardStore:
         self.record_path(index).unlink(missing_ok=True)  # a stale record must never vouch for new files
         if pngs:
             final = self.png_dir(index)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.folder))
+            tmp = files.stage_dir(final)  # a normal folder mode, not mkdtemp's private 0700
             for fname, data in pngs.items():
-                (tmp / fname).write_bytes(data)
-                with open(tmp / fname, "rb") as f:
-                    os.fsync(f.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+                files.write_bytes_synced(tmp / fname, data)
+            files.replace_dir(tmp, final)
             rec["png"] = {fname: sha256_bytes(data) for fname, data in pngs.items()}
         data = npz_bytes(arrays)
         atomic_write_bytes(self.npz_path(index), data)

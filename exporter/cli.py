@@ -23,9 +23,10 @@ def build_export_parser() -> argparse.ArgumentParser:
                           "needs --name)")
     p.add_argument("--repository-version", type=int, default=None, metavar="N",
                    help="with --repository: this version number instead of the next (never overwrites)")
-    p.add_argument("--data", default=None,
-                   help="images for the reference statistics (default: the checkpoint's own training "
-                        "data, whose fingerprint must match); giving it accepts and records a mismatch")
+    p.add_argument("--reference-data", "--data", dest="data", default=None, metavar="PATH",
+                   help="recompute the latent reference statistics on the train split of these images "
+                        "(default: the statistics the trainer stored in the checkpoint, or for an older "
+                        "checkpoint its own training data); recorded in the manifest. --data is an alias")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (for GPUs)")
     p.add_argument("--triton", type=Path, default=None, metavar="REPO_DIR",
                    help="also write a Triton/KServe model repository there")
@@ -48,6 +49,13 @@ def build_verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _origin(m: dict[str, Any]) -> str:
+    td = m["training_data"]
+    if td.get("reference_from") == "checkpoint":
+        return "stored in the checkpoint"
+    return f"computed on {td['source']}" + (", an override" if td.get("override") else "")
+
+
 def _summary(out: Path, m: dict[str, Any]) -> str:
     ref = m["reference"]
     graphs = ", ".join(f"{g['file']} ({g['size_bytes'] / 1024:.0f} KiB)" for g in m["graphs"].values())
@@ -56,7 +64,7 @@ def _summary(out: Path, m: dict[str, Any]) -> str:
     return (f"exported {m['model']['name']} {m['model']['version']} to {out}: {graphs}\n"
             f"verified on batches {m['verification']['batches']}: worst fp32 |ort - torch| = "
             f"{worst[1]:.2e} ({worst[0]}) <= {m['verification']['tolerance']:g}\n"
-            f"reference on {ref['n_images']} training images: {ref['active_units']}/{m['latent_dim']} "
+            f"reference ({_origin(m)}) on {ref['n_images']} images: {ref['active_units']}/{m['latent_dim']} "
             f"active units, KL per image mean {ref['kl_per_sample']['mean']:.2f} nats "
             f"(p50 {ref['kl_per_sample']['p50']:.2f}, p99 {ref['kl_per_sample']['p99']:.2f})")
 
@@ -100,6 +108,16 @@ def verify_main(argv: list[str]) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         print(f"vae verify: {args.checkpoint}: no such file", file=sys.stderr)
         return 2
+    from exporter.errors import ModelDirError
+    from exporter.manifest import read_manifest
+
+    try:  # a manifest that is not JSON at all is bad input: one line, exit 2 (as `vae serve` does)
+        read_manifest(args.model_dir)
+    except ModelDirError as exc:
+        print(f"vae verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError:
+        pass  # a missing manifest is one of the problems verify_model_dir lists
     problems = verify_model_dir(args.model_dir, args.checkpoint)
     if problems:
         print(f"vae verify: {args.model_dir}: {len(problems)} problem(s)", file=sys.stderr)

@@ -1,10 +1,11 @@
 """`export_model`: checkpoint -> encoder.onnx + decoder.onnx (+ fp16 graphs) + manifest.json, verified
 before anything is written.
 
-Order of work (fail closed): load and check the checkpoint and its training data; refuse an output folder
-holding another model; export every graph into a hidden staging folder beside the output; compare
-onnxruntime with torch (all mismatches collected); compute the latent reference statistics; write the
-manifest; re-check the staged folder exactly as `vae verify` would; only then rename it into place.
+Order of work (fail closed): load and check the checkpoint; refuse an output folder holding another model;
+take the latent reference statistics (stored in the checkpoint by the trainer, or computed on
+`--reference-data` / an old checkpoint's training data: exporter/reference.py); export every graph into a
+hidden staging folder beside the output; compare onnxruntime with torch (all mismatches collected); write
+the manifest; re-check the staged folder exactly as `vae verify` would; only then rename it into place.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from exporter.atomic import replace_dir, stage_dir, write_json_atomic
-from exporter.errors import ExportError, OutputExistsError, VerificationError
+from contracts.files import atomic_write_json, replace_dir, stage_dir
+from exporter.errors import ExportError, ModelDirError, OutputExistsError, VerificationError
 from exporter.graphs import (
     BATCH_DIM,
     DECODER_IO,
@@ -33,8 +34,8 @@ from exporter.graphs import (
     graph_metadata,
 )
 from exporter.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, graph_entry, read_manifest
-from exporter.reference import reference_statistics
-from exporter.source import Source, TrainingData, load_source, load_training_data
+from exporter.reference import Reference, load_reference
+from exporter.source import Source, load_source
 from exporter.triton import repository_conflicts, write_repository
 from exporter.validate import BATCHES, FP16_TOLERANCE, TOLERANCE, parity, verify_model_dir
 from trainer.model import VAE
@@ -59,7 +60,7 @@ def check_output_dir(out_dir: Path, checkpoint_sha256: str, *, force: bool) -> N
         return
     try:
         existing = read_manifest(out_dir)
-    except (OSError, ValueError):
+    except (OSError, ModelDirError):
         raise OutputExistsError(str(out_dir), "is not empty and holds no model manifest") from None
     sha = (existing.get("checkpoint") or {}).get("sha256") if isinstance(existing, dict) else None
     if sha != checkpoint_sha256:
@@ -119,8 +120,8 @@ def _graph_entries(files: dict[str, Path], shape: list[int], d: int) -> dict[str
     return entries
 
 
-def _manifest(src: Source, data: TrainingData, files: dict[str, Path], meta: dict[str, Any],
-              max_diff: dict[str, float], reference: dict[str, Any], fp16: bool) -> dict[str, Any]:
+def _manifest(src: Source, ref: Reference, files: dict[str, Path], meta: dict[str, Any],
+              max_diff: dict[str, float], fp16: bool) -> dict[str, Any]:
     shape = [int(v) for v in src.model_cfg.input_shape]
     d = int(src.model_cfg.latent_dim)
     verification: dict[str, Any] = {
@@ -148,10 +149,11 @@ def _manifest(src: Source, data: TrainingData, files: dict[str, Path], meta: dic
                      "onnxruntime": ort.__version__},
         "checkpoint": {"sha256": src.sha256, "step": int(ck.get("step", 0)), "epoch": int(ck.get("epoch", 0)),
                        "file": src.path.name, "best_metric": _finite_or_none(ck.get("best_metric"))},
-        "training_data": {"fingerprint": data.fingerprint, "n_images": int(data.images.shape[0]),
-                          "source": data.source, "checkpoint_fingerprint": data.checkpoint_fingerprint,
-                          "checkpoint_source": ckdata.get("source"), "override": data.overridden},
-        "reference": reference,
+        "training_data": {"fingerprint": ref.fingerprint, "n_images": ref.n_images,
+                          "source": ref.source, "checkpoint_fingerprint": ref.checkpoint_fingerprint,
+                          "checkpoint_source": ckdata.get("source"), "override": ref.overridden,
+                          "reference_from": ref.origin},
+        "reference": ref.statistics,
     }
 
 
@@ -180,23 +182,18 @@ def export_model(source: Path, out_dir: Path, *, data: str | None = None, fp16: 
         conflicts = repository_conflicts(Path(triton_dir), meta["model_name"], meta["model_version"])
         if conflicts:
             raise OutputExistsError(str(triton_dir), "; ".join(conflicts))
-    training = load_training_data(src, data)
+    ref = load_reference(src, data)
     torch.manual_seed(0)
     stage = stage_dir(out_dir)
     try:
         files = _export_graphs(src, stage, meta, fp16)
-        x_real = training.images
+        x_real = ref.parity_images
         z_real = _encode_fn(src.model)(x_real[:256])[0]
         max_diff, mismatches = parity(src.model, files, x_real=x_real, z_real=z_real)
         if mismatches:
             raise VerificationError(mismatches)
-        try:
-            reference = reference_statistics(_encode_fn(src.model), training.images,
-                                             active_threshold=float(src.train_cfg.active_threshold))
-        except ValueError as exc:
-            raise ExportError(f"reference statistics: {exc}") from None
-        manifest = _manifest(src, training, files, meta, max_diff, reference, fp16)
-        write_json_atomic(stage / MANIFEST_NAME, manifest)
+        manifest = _manifest(src, ref, files, meta, max_diff, fp16)
+        atomic_write_json(stage / MANIFEST_NAME, manifest)
         problems = verify_model_dir(stage)
         if problems:
             raise ExportError("the staged model folder failed its own check: " + "; ".join(problems))

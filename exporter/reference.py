@@ -1,71 +1,96 @@
-"""Latent reference statistics of a model on its training images: the baseline the service compares
-live traffic with for its posterior-collapse and drift metrics.
+"""Where a manifest's latent reference statistics come from.
 
-All statistics are of the Gaussian posterior q(z|x) = N(mu(x), diag(sigma^2(x))) the encoder outputs,
-accumulated in float64 over the whole training split.
+By default from the checkpoint: the trainer stores them (with the data's fingerprint, size and source and
+a sample of training images for the parity check) in the checkpoint's `reference` block when it writes
+it, so a checkpoint exports on a machine without its training data. `--reference-data PATH` recomputes
+them on other images, and a checkpoint written before the block existed falls back to reading its
+training data. Both computations are the trainer's own `model_statistics` (trainer/reference.py): the
+exporter defines no statistic and knows no split rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["QUANTILES", "reference_statistics", "kl_to_standard_normal"]
+from exporter.errors import ExportError, SourceError
+from exporter.source import Source, load_training_data
+from trainer.reference import (
+    QUANTILES,
+    decode_sample,
+    kl_to_standard_normal,
+    model_statistics,
+    reference_statistics,
+)
 
-QUANTILES = (0.5, 0.9, 0.99)
+__all__ = [
+    "QUANTILES",
+    "Reference",
+    "kl_to_standard_normal",
+    "reference_statistics",
+    "stored_reference",
+    "load_reference",
+]
+
+ORIGIN_CHECKPOINT = "checkpoint"  # stored by the trainer when it wrote the checkpoint
+ORIGIN_DATA = "data"  # computed by the exporter on images it read
 
 
-def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(N(mu, sigma^2) || N(0, 1)) per sample and dimension, in nats:
-    0.5 * (mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling 2014, Appendix B)."""
-    mu = mu.astype(np.float64)
-    logvar = logvar.astype(np.float64)
-    return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1.0)
+@dataclass
+class Reference:
+    """The manifest's `reference` statistics and what they were computed on."""
+
+    statistics: dict[str, Any]
+    fingerprint: str
+    n_images: int
+    source: str
+    checkpoint_fingerprint: str | None
+    overridden: bool
+    origin: str  # ORIGIN_CHECKPOINT | ORIGIN_DATA
+    parity_images: np.ndarray  # float32 [k,C,H,W]: the "real" inputs of the parity check
 
 
-def reference_statistics(encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                         images: np.ndarray, *, active_threshold: float = 0.01,
-                         batch_size: int = 512) -> dict[str, Any]:
-    """Statistics of the encoder's posterior over `images` ([N,C,H,W] float32 in [0,1]).
+def stored_reference(src: Source) -> Reference | None:
+    """The checkpoint's stored reference block, checked; None for a checkpoint that has none."""
+    block = src.ckpt.get("reference")
+    if block is None:
+        return None
+    where = str(src.path)
+    try:
+        stats = block["statistics"]
+        data = block["data"]
+        images = decode_sample(block["sample"], str(block["sample_encoding"]))
+        fp, n, source = str(data["fingerprint"]), int(data["n_images"]), str(data["source"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SourceError(where, f"malformed stored reference block ({type(exc).__name__}: {exc})") from None
+    if not isinstance(stats, dict):
+        raise SourceError(where, "malformed stored reference block (statistics is not a mapping)")
+    want = tuple(int(v) for v in src.model_cfg.input_shape)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want or images.shape[0] == 0:
+        raise SourceError(where, f"stored reference sample has shape {list(images.shape)}, the model takes "
+                                 f"[N, {', '.join(map(str, want))}]")
+    recorded = (src.ckpt.get("data") or {}).get("fingerprint")
+    return Reference(statistics=dict(stats), fingerprint=fp, n_images=n, source=source,
+                     checkpoint_fingerprint=recorded, overridden=False, origin=ORIGIN_CHECKPOINT,
+                     parity_images=images)
 
-    - `mu_mean`, `mu_var`: per-dimension mean and (population) variance of mu over the data;
-    - `posterior_var_mean`: per-dimension mean of sigma^2 = exp(logvar);
-    - `kl_per_dim`: per-dimension mean KL to the prior N(0, 1);
-    - `active_units`: dimensions with Var_x(E_q[z_u]) = mu_var > `active_threshold` (the "active
-      units" of Burda, Grosse & Salakhutdinov 2016, section 5.2, who use 0.01);
-    - `kl_per_sample`: mean and p50/p90/p99 of the per-image KL summed over dimensions.
-    """
-    n = int(images.shape[0])
-    if n == 0:
-        raise ValueError("no images to compute reference statistics on")
-    mus: list[np.ndarray] = []
-    logvars: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        mu, logvar = encode(images[start:start + batch_size])
-        mus.append(np.asarray(mu, dtype=np.float64))
-        logvars.append(np.asarray(logvar, dtype=np.float64))
-    mu_all = np.concatenate(mus)
-    logvar_all = np.concatenate(logvars)
-    if not (np.isfinite(mu_all).all() and np.isfinite(logvar_all).all()):
-        raise ValueError("the encoder produced non-finite mu or logvar on the training images")
-    kl = kl_to_standard_normal(mu_all, logvar_all)
-    kl_sample = kl.sum(axis=1)
-    mu_var = mu_all.var(axis=0)
-    q = np.quantile(kl_sample, QUANTILES)
-    return {
-        "n_images": n,
-        "mu_mean": mu_all.mean(axis=0).tolist(),
-        "mu_var": mu_var.tolist(),
-        "posterior_var_mean": np.exp(logvar_all).mean(axis=0).tolist(),
-        "kl_per_dim": kl.mean(axis=0).tolist(),
-        "active_units": int((mu_var > active_threshold).sum()),
-        "active_threshold": float(active_threshold),
-        "kl_per_sample": {
-            "mean": float(kl_sample.mean()),
-            "p50": float(q[0]),
-            "p90": float(q[1]),
-            "p99": float(q[2]),
-        },
-    }
+
+def load_reference(src: Source, data: str | None = None) -> Reference:
+    """The stored statistics, or (with `data`, or for a checkpoint without them) statistics computed on
+    the train split of `data` (default: the checkpoint's own training data, fingerprint checked)."""
+    if data is None:
+        stored = stored_reference(src)
+        if stored is not None:
+            return stored
+    training = load_training_data(src, data)
+    try:
+        stats = model_statistics(src.model, training.images,
+                                 active_threshold=float(src.train_cfg.active_threshold))
+    except ValueError as exc:
+        raise ExportError(f"reference statistics: {exc}") from None
+    return Reference(statistics=stats, fingerprint=training.fingerprint,
+                     n_images=int(training.images.shape[0]), source=training.source,
+                     checkpoint_fingerprint=training.checkpoint_fingerprint, overridden=training.overridden,
+                     origin=ORIGIN_DATA, parity_images=training.images)

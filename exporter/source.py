@@ -1,5 +1,6 @@
-"""What the exporter reads from training: the checkpoint (rebuilt into the torch model) and the exact
-training images it was fitted on (for parity inputs and the latent reference statistics)."""
+"""What the exporter reads from training: the checkpoint (rebuilt into the torch model) and, only when
+the checkpoint holds no reference block or `--reference-data` asks for other images, the images to
+compute the latent reference statistics on (exporter/reference.py decides which)."""
 
 from __future__ import annotations
 
@@ -75,18 +76,23 @@ def load_source(source: Path) -> Source:
 
 
 def load_training_data(src: Source, data: str | None = None) -> TrainingData:
-    """The train split the checkpoint used, checked against the checkpoint's data fingerprint.
+    """The train split the checkpoint used, checked against the checkpoint's data fingerprint (the path
+    of a checkpoint without a stored reference block).
 
-    With `data` the images come from that spec instead (same split rule, fraction and seed), and a
-    fingerprint mismatch is accepted and recorded: the user said which data is the reference.
+    With `data` the images come from that spec instead (same split rule, fraction and seed, applied by
+    the trainer's own `training_images`), and a fingerprint mismatch is accepted and recorded: the user
+    said which data is the reference.
     """
     recorded = (src.ckpt.get("data") or {}).get("fingerprint")
     spec = data if data is not None else src.train_cfg.data
+    if data is None and spec != "digits" and not Path(spec).exists():
+        raise DataMismatchError(f"checkpoint has no stored reference statistics and its training data "
+                                f"{spec} is missing; pass --reference-data PATH")
     cfg = dataclasses.replace(src.train_cfg, data=spec)
     try:
         images = training_images(cfg)
     except TrainerError as exc:
-        hint = "" if data is not None else "; pass --data SPEC to point at the training images"
+        hint = "" if data is not None else "; pass --reference-data PATH to point at the training images"
         raise DataMismatchError(f"training data {spec!r}: {exc}{hint}") from None
     want = tuple(src.model_cfg.input_shape)
     if tuple(images.shape[1:]) != want:
@@ -97,7 +103,7 @@ def load_training_data(src: Source, data: str | None = None) -> TrainingData:
     if not matches and data is None:
         raise DataMismatchError(
             f"training data {spec!r} has fingerprint {fp[:12]}..., the checkpoint was trained on "
-            f"{str(recorded)[:12]}...; the data changed since training. Pass --data SPEC to compute the "
-            "reference statistics on other images anyway (recorded in the manifest)")
+            f"{str(recorded)[:12]}...; the data changed since training. Pass --reference-data PATH to "
+            "compute the reference statistics on other images anyway (recorded in the manifest)")
     return TrainingData(images=images, fingerprint=fp, source=spec, checkpoint_fingerprint=recorded,
                         overridden=data is not None and not matches)

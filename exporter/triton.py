@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.message import Message
 
-from exporter.atomic import replace_dir, stage_dir, write_bytes
+from contracts.files import replace_dir, stage_dir, write_bytes_synced
 
 __all__ = ["MAX_BATCH_SIZE", "QUEUE_DELAY_US", "model_config_class", "config_text", "parse_config",
            "write_repository", "repository_conflicts", "triton_model_names"]
@@ -158,7 +158,7 @@ def write_repository(repo_dir: Path, model_dir: Path, manifest: dict[str, Any], 
         try:
             (stage / "1").mkdir()
             shutil.copyfile(model_dir / graph["file"], stage / "1" / "model.onnx")
-            write_bytes(stage / "config.pbtxt",
+            write_bytes_synced(stage / "config.pbtxt",
                         config_text(tname, graph, max_batch_size=max_batch_size).encode())
             replace_dir(stage, final)
         except BaseException:

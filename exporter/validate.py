@@ -16,9 +16,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from exporter.errors import ExportError, Mismatch
+from exporter.errors import ExportError, Mismatch, ModelDirError
 from exporter.graphs import read_metadata
 from exporter.manifest import GRAPH_KEYS, read_manifest, sha256_file, validate_manifest
+from exporter.reference import stored_reference
 from exporter.source import load_source, load_training_data
 from trainer.model import VAE
 
@@ -225,8 +226,10 @@ def verify_model_dir(model_dir: Path, checkpoint: Path | None = None) -> list[st
         m = read_manifest(model_dir)
     except FileNotFoundError:
         return [f"{model_dir}: no manifest.json (not an exported model folder)"]
-    except (OSError, ValueError) as exc:
-        return [f"{model_dir}/manifest.json: unreadable: {exc}"]
+    except ModelDirError as exc:
+        return [str(exc)]
+    except OSError as exc:
+        return [f"{model_dir}/manifest.json: unreadable: {exc.strerror or exc}"]
     problems = validate_manifest(m)
     if problems:
         return problems
@@ -240,8 +243,9 @@ def verify_model_dir(model_dir: Path, checkpoint: Path | None = None) -> list[st
 
 def checkpoint_parity(model_dir: Path, m: dict[str, Any], checkpoint: Path) -> list[str]:
     """Parity of every graph in the folder with the model in `checkpoint`, at the tolerances recorded
-    in the manifest. Real inputs are the checkpoint's training images when they can be loaded here;
-    otherwise random images, and latents drawn from the recorded aggregate posterior N(mu_mean, mu_var)."""
+    in the manifest. Real inputs are the training images stored in the checkpoint, or for an older
+    checkpoint its training images when they can be loaded here, otherwise random images; latents are
+    drawn from the recorded aggregate posterior N(mu_mean, mu_var)."""
     try:
         src = load_source(checkpoint)
     except ExportError as exc:
@@ -254,7 +258,8 @@ def checkpoint_parity(model_dir: Path, m: dict[str, Any], checkpoint: Path) -> l
         return [*problems, "checkpoint: its input shape / latent dim differ from the manifest's"]
     rng = np.random.default_rng(1)
     try:
-        x_real = load_training_data(src).images
+        stored = stored_reference(src)
+        x_real = stored.parity_images if stored is not None else load_training_data(src).images
     except ExportError:
         x_real = rng.random((256, *m["input_shape"]), dtype=np.float32)
     ref = m["reference"]

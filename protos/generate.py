@@ -1,7 +1,9 @@
-"""Regenerate (or, with --check, verify) the Python stubs of protos/vae/v1/vae.proto.
+"""Regenerate (or, with --check, verify) the Python stubs of protos/vae/v1/vae.proto and of the Open
+Inference Protocol files under protos/inference/.
 
 grpc_tools writes absolute imports rooted at the proto path (`from vae.v1 import vae_pb2`); the stubs
-live in the `protos` package, so that import is rewritten to `from protos.vae.v1 import vae_pb2`.
+live in the `protos` package, so that import is rewritten to `from protos.vae.v1 import vae_pb2`
+(and `from inference import` to `from protos.inference import`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,19 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-PROTO = Path("vae/v1/vae.proto")
-OUTPUTS = ("vae_pb2.py", "vae_pb2.pyi", "vae_pb2_grpc.py")
+# Each .proto and the generated files kept for it (a file without a service keeps no *_pb2_grpc.py).
+PROTOS: dict[Path, tuple[str, ...]] = {
+    Path("vae/v1/vae.proto"): ("vae_pb2.py", "vae_pb2.pyi", "vae_pb2_grpc.py"),
+    Path("inference/grpc_service.proto"): ("grpc_service_pb2.py", "grpc_service_pb2.pyi",
+                                           "grpc_service_pb2_grpc.py"),
+    Path("inference/model_config.proto"): ("model_config_pb2.py", "model_config_pb2.pyi"),
+}
+IMPORTS = (("from vae.v1 import", "from protos.vae.v1 import"),
+           ("from inference import", "from protos.inference import"))
+
+
+def _outputs() -> list[Path]:
+    return [proto.parent / name for proto, names in PROTOS.items() for name in names]
 
 
 def generate(out_dir: Path) -> None:
@@ -26,14 +39,15 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        str(ROOT / PROTO),
+        *(str(ROOT / proto) for proto in PROTOS),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for name in OUTPUTS:
-        path = out_dir / PROTO.parent / name
+    for rel in _outputs():
+        path = out_dir / rel
         text = path.read_text()
-        text = text.replace("from vae.v1 import", "from protos.vae.v1 import")
+        for old, new in IMPORTS:
+            text = text.replace(old, new)
         path.write_text(text)
 
 
@@ -44,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         stale = []
-        for name in OUTPUTS:
-            fresh = (Path(tmp) / PROTO.parent / name).read_text()
-            committed = ROOT / PROTO.parent / name
+        for rel in _outputs():
+            fresh = (Path(tmp) / rel).read_text()
+            committed = ROOT / rel
             if args.check:
                 if not committed.exists() or committed.read_text() != fresh:
                     stale.append(str(committed.relative_to(ROOT.parent)))

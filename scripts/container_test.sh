@@ -97,43 +97,14 @@ else
 fi
 
 # --- pip configuration for the build (secrets and read-only volumes, never baked) --------------------
-# The effective pip config of this machine (files and PIP_* variables) becomes one ini file passed as
-# the pip_conf secret; the CA bundle it names becomes pip_ca; local folders it names (find-links,
-# file:// indexes) are bind-mounted read-only at the same paths for the build.
+# Only what reaches an index is carried (scripts/pip_build_config.py): index-url, extra-index-url,
+# find-links, trusted-host, ... as one ini file passed as the pip_conf secret, the CA bundle as pip_ca,
+# local index folders bind-mounted read-only at the same paths. Constraints, requirements and anything
+# naming a file that exists only on this machine are dropped (listed in the log).
 BUILD_OPTS=()
-"$PY" - "$WORK" <<'EOF' > "$WORK/build_opts"
-import configparser, os, subprocess, sys
-work = sys.argv[1]
-out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-cfg = configparser.ConfigParser(interpolation=None)
-cert = None
-paths = set()
-for line in out.splitlines():
-    key, _, value = line.partition("=")
-    value = value.strip().strip("'\"")
-    section, _, name = key.rpartition(".")
-    section = "global" if section in (":env:", "") else section
-    if name == "cert":
-        cert = value
-        continue
-    if not cfg.has_section(section):
-        cfg.add_section(section)
-    cfg.set(section, name, value)
-    for item in value.split():
-        path = item[len("file://"):] if item.startswith("file://") else item
-        # A local index's pages link to files beside it (../files/...): mount the repository root.
-        if name.endswith("index-url") and os.path.basename(path.rstrip("/")) == "simple":
-            path = os.path.dirname(path.rstrip("/"))
-        if path.startswith("/") and os.path.isdir(path):
-            paths.add(path)
-with open(os.path.join(work, "pip.conf"), "w") as fh:
-    cfg.write(fh)
-print(f"--secret=id=pip_conf,src={work}/pip.conf")
-if cert and os.path.isfile(cert):
-    print(f"--secret=id=pip_ca,src={cert}")
-for path in sorted(paths):
-    print(f"--volume={path}:{path}:ro")
-EOF
+"$PY" scripts/pip_build_config.py "$WORK" > "$WORK/build_opts" 2> "$WORK/pip_config.log" \
+  || { cat "$WORK/pip_config.log" >&2; echo "container_test: could not read the pip configuration" >&2; exit 2; }
+while read -r line; do log "$line"; done < "$WORK/pip_config.log"
 mapfile -t BUILD_OPTS < "$WORK/build_opts"
 log "build options: ${BUILD_OPTS[*]}"
 

@@ -12,13 +12,12 @@ from typing import Any
 __all__ = [
     "ServiceError",
     "InvalidArgument",
+    "NotFound",
     "LimitExceeded",
     "QueueFull",
     "DeadlineExpired",
     "Cancelled",
     "Unavailable",
-    "NotFound",
-    "Unauthenticated",
     "InferenceFailed",
     "ModelError",
     "SettingsError",
@@ -37,6 +36,13 @@ class ServiceError(Exception):
 class InvalidArgument(ServiceError):
     status = "INVALID_ARGUMENT"
     reason = "invalid_argument"
+
+
+class NotFound(ServiceError):
+    """A model (or version) the request names is not served; the message lists what is."""
+
+    status = "NOT_FOUND"
+    reason = "not_found"
 
 
 class LimitExceeded(InvalidArgument):
@@ -70,20 +76,6 @@ class Cancelled(ServiceError):
 class Unavailable(ServiceError):
     status = "UNAVAILABLE"
     reason = "unavailable"
-
-
-class NotFound(ServiceError):
-    """A request named a model or version that is not served; the message lists what is."""
-
-    status = "NOT_FOUND"
-    reason = "not_found"
-
-
-class Unauthenticated(ServiceError):
-    """A guarded call (LoadModel, UnloadModel) without the server's bearer token."""
-
-    status = "UNAUTHENTICATED"
-    reason = "unauthenticated"
 
 
 class InferenceFailed(ServiceError):

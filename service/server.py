@@ -23,8 +23,11 @@ from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.auth import TokenAuthInterceptor
 from service.decode_guard import add_guarded_servicer
 from service.errors import SettingsError
+from service.kserve import SERVICE_NAME as INFERENCE_SERVICE_NAME
+from service.kserve import InferenceServicer, add_inference_service
 from service.metrics import ServiceMetrics, start_metrics_server
 from service.registry import ModelRegistry
+from service.registry_lookup import RegistryLookup
 from service.served import SERVER_VERSION, ServedVersion
 from service.servicer import VaeServicer
 from service.settings import Settings
@@ -71,9 +74,15 @@ class VaeServer:
         # Undecodable request bytes: INVALID_ARGUMENT (after auth, so strangers learn nothing).
         add_guarded_servicer(vae_pb2_grpc.add_VaeServiceServicer_to_server, self.servicer, SERVICE_NAME,
                              self.grpc_server)
+        # The Open Inference Protocol beside vae.v1: the same validator, batchers, metrics and admission.
+        self.lookup = RegistryLookup(self.models, ready=lambda: self.ready)
+        self.inference = InferenceServicer(lookup=self.lookup, admit=self.servicer.admit,
+                                           metrics=self.metrics_unrouted, ready=lambda: self.ready,
+                                           server_name="vae", server_version=SERVER_VERSION)
+        add_inference_service(self.grpc_server, self.inference)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, INFERENCE_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.grpc_server)
         address = f"{settings.host}:{settings.port}"
         try:

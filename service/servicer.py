@@ -116,6 +116,35 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             served.leave()
             metrics.request_finished(method, code, time.perf_counter() - started)
 
+    async def admit(self, method: str, context: grpc.aio.ServicerContext, work: Any) -> Any:
+        """Admission for a front-end that routes by itself (the Open Inference Protocol servicer):
+        the ready check, the server's in-flight count for its drain, request metrics and the error ->
+        status mapping; the version's own drain count is taken by its submitters."""
+        started = time.perf_counter()
+        self.metrics.request_started(method)
+        code = "OK"
+        admitted = False
+        self.last_call = time.monotonic()
+        try:
+            if not self.ready:
+                work.close()
+                raise Unavailable("the service is not ready (warming up or shutting down); retry")
+            admitted = True  # no await since the check: a drain that clears `ready` sees this call
+            self.in_flight += 1
+            return await work
+        except ServiceError as exc:
+            code = grpc_status(exc).name
+            await self._fail(exc, context, self.metrics)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.in_flight -= admitted
+            self.metrics.request_finished(method, code, time.perf_counter() - started)
+
     async def _admin(self, method: str, context: grpc.aio.ServicerContext, work: Any) -> Any:
         """ListModels / LoadModel / UnloadModel: answered in any state, errors mapped like the rest."""
         started = time.perf_counter()

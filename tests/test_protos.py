@@ -1,4 +1,4 @@
-"""The committed stubs match vae.proto, and `buf lint` is clean."""
+"""The committed stubs match vae.proto and the Open Inference Protocol files, and `buf lint` is clean."""
 
 from __future__ import annotations
 
@@ -53,3 +53,28 @@ def test_stubs_import_and_name_the_service():
         "UnloadModel",
     }
     assert hasattr(vae_pb2_grpc, "VaeServiceStub")
+
+
+def test_inference_stubs_import_and_name_the_service():
+    from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
+
+    assert grpc_service_pb2.DESCRIPTOR.package == "inference"
+    service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == "inference.GRPCInferenceService"
+    assert {m.name for m in service.methods} == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelConfig",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    }
+    # Field numbers are the wire contract (checked against tritonclient's in test_e2e_tritonclient.py).
+    fields = grpc_service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name
+    assert fields["raw_output_contents"].number == 6
+    assert model_config_pb2.ModelConfig.DESCRIPTOR.fields_by_name["backend"].number == 17
+    assert hasattr(grpc_service_pb2_grpc, "GRPCInferenceServiceStub")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from contracts.files import atomic_write_with, fsync_dir
 from trainer.config import ModelConfig
 from trainer.errors import CheckpointError
 from trainer.model import VAE, build_model
@@ -27,40 +27,12 @@ __all__ = [
     "atomic_write_bytes",
 ]
 
+# The shared atomic writer (contracts.files), under the name trainer code has used.
+atomic_write_bytes = atomic_write_with
+
 FORMAT = "vae-checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("model_config", "train_config", "model_state", "step", "epoch")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported everywhere; the rename itself is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write: Any, durable: bool = True) -> None:
-    """Call `write(fileobj)` on a temp file in `path`'s folder, fsync, then rename over `path`.
-    `durable=False` skips the fsyncs (still atomic for readers; for pictures that are redrawn anyway)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -69,7 +41,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     for name, t in full.get("model_state", {}).items():
         if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(str(path), f"refusing to save non-finite weights ({name})")
-    atomic_write_bytes(Path(path), lambda f: torch.save(full, f))
+    # The shared writer leaves the file with the umask's normal mode (0644 under 022), not mkstemp's 0600.
+    atomic_write_with(Path(path), lambda f: torch.save(full, f))
 
 
 def link_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -85,7 +58,7 @@ def link_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def resolve_checkpoint(source: str | os.PathLike[str], prefer: str = "best.pt") -> Path:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contracts.errors import DataError as CoreDataError
+
 __all__ = ["TrainerError", "DataError", "CheckpointError", "ConfigError", "TrainingFailed"]
 
 
@@ -10,13 +12,9 @@ class TrainerError(Exception):
     """Base class of every error the trainer raises on purpose."""
 
 
-class DataError(TrainerError):
-    """Images that cannot be used: wrong magic, truncated file, empty set, mixed shapes, NaN, range."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        self.source = source
-        self.problem = problem
-        super().__init__(f"{source}: {problem}")
+class DataError(TrainerError, CoreDataError):
+    """Images that cannot be used: wrong magic, truncated file, empty set, mixed shapes, NaN, range.
+    The core's DataError (`source`, `problem`) as a TrainerError, so the CLIs exit 2 on it."""
 
 
 class CheckpointError(TrainerError):

@@ -1,5 +1,10 @@
 """Checkpointing of a training run: the state written to last.pt / best.pt and its exact restoration.
-A mixin of the run object in trainer/train.py (it reads and sets the run's counters)."""
+A mixin of the run object in trainer/train.py (it reads and sets the run's counters).
+
+Every checkpoint written also holds the `reference` block (trainer/reference.py): the latent reference
+statistics of its own weights on the exact train split, so the checkpoint exports without the data. Its
+cost, one encoder pass over the split, is paid only when a checkpoint is written: a best state kept in
+memory between writes gets its block when it is written."""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import torch
 from trainer.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import ModelConfig, TrainConfig
 from trainer.errors import CheckpointError, TrainingFailed
-from trainer.model import VAE
+from trainer.model import VAE, build_model
+from trainer.reference import reference_block
 from trainer.runlog import RunLog
 from trainer.runtime import Runtime
 
@@ -33,6 +39,7 @@ class RunCheckpoints:
     opt: torch.optim.Optimizer
     runlog: RunLog
     data_info: dict[str, Any]
+    x_train: torch.Tensor
     step: int
     epoch: int
     batch_in_epoch: int
@@ -44,6 +51,7 @@ class RunCheckpoints:
     total_steps: int
     _last_save: float
     _saved_step: int
+    _pending_best: dict[str, Any] | None
 
     def _plan_budget(self) -> None:  # pragma: no cover - provided by the run
         raise NotImplementedError
@@ -83,11 +91,26 @@ class RunCheckpoints:
             self._plan_budget()
         log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
 
-    def _state(self) -> dict[str, Any]:
+    def _reference(self, model_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The reference block of the current weights, or of `model_state` (a state kept for later)."""
+        model = self.model
+        if model_state is not None:
+            # A fresh module rather than a deep copy (under DDP the live parameters carry its hooks);
+            # its initialisation draws from the CPU RNG, which the fork puts back.
+            with torch.random.fork_rng(devices=[]):
+                model = build_model(self.mcfg)
+            model.load_state_dict(model_state)
+            model.to(self.rt.device)
+        return reference_block(model, self.x_train, active_threshold=float(self.cfg.active_threshold),
+                               data_info=self.data_info)
+
+    def _state(self, reference: bool = True) -> dict[str, Any]:
+        """The checkpoint of this moment; `reference=False` leaves out the reference block (added by
+        `_save_pending_best` for a state that is written later)."""
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.rt.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        state: dict[str, Any] = {
             "model_config": self.mcfg.to_dict(),
             "train_config": self.cfg.to_dict(),
             "likelihood": self.mcfg.likelihood,
@@ -109,6 +132,18 @@ class RunCheckpoints:
             "metrics": self.last_metrics,
             "best_metric": None if math.isinf(self.best) else self.best,
         }
+        if reference:
+            state["reference"] = self._reference()
+        return state
+
+    def _save_pending_best(self) -> None:
+        """Write the best state kept in memory since the last save as best.pt, with its reference block."""
+        state = self._pending_best
+        if state is None:
+            return
+        if "reference" not in state:
+            state["reference"] = self._reference(state["model_state"])
+        save_checkpoint(self.out / "best.pt", state)
 
     def _save(self, best: bool) -> None:
         if not self.rt.is_main:

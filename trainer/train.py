@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from trainer.augment import augment_batch, augmentation_generator
-from trainer.checkpoint import save_checkpoint
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import fingerprint, load_images, split_images
 from trainer.diagnostics import collapse_check, evaluate_batches
@@ -143,7 +142,7 @@ class _Run(RunCheckpoints):
             if self._saved_step != self.step:  # e.g. stopped by the time budget inside an epoch
                 self._save(best=False)
             if self._pending_best is not None:
-                save_checkpoint(self.out / "best.pt", self._pending_best)
+                self._save_pending_best()
                 self._pending_best = None
             if not (self.out / "best.pt").exists():
                 self._save(best=True)
@@ -350,11 +349,11 @@ class _Run(RunCheckpoints):
         final = self.epoch >= self.planned_epochs
         if final or time.monotonic() - self._last_save >= cfg.ckpt_every_s:
             self._save(best=is_best)
-            if not is_best and self._pending_best is not None:
-                save_checkpoint(self.out / "best.pt", self._pending_best)
+            if not is_best:
+                self._save_pending_best()
             self._pending_best = None
         elif is_best:
-            self._pending_best = copy.deepcopy(self._state())
+            self._pending_best = copy.deepcopy(self._state(reference=False))
         if cfg.grids:
             save_epoch_grids(self.model, self.x_val, self.cfg.seed, self.epoch, self.out / "grids")
         now = time.monotonic()

@@ -95,10 +95,19 @@ def test_refuses_shape_mismatch(broken):
     """Files intact (sha256 fine) but the manifest's shapes disagree with the graphs."""
     d = broken()
     manifest = json.loads((d / "manifest.json").read_text())
+    # A self-consistent manifest (the shared schema rules refuse one whose own shapes disagree) that
+    # records one latent dimension more than the graphs have.
     manifest["latent_dim"] += 1
     manifest["graphs"]["decoder"]["inputs"][0]["shape"][1] += 1
+    for out in manifest["graphs"]["encoder"]["outputs"]:
+        out["shape"][1] += 1
+    for key in ("mu_mean", "mu_var", "posterior_var_mean", "kl_per_dim"):
+        manifest["reference"][key].append(0.0)
     (d / "manifest.json").write_text(json.dumps(manifest))
     assert "does not match manifest.json" in _refused("--model-dir", str(d))
+    manifest["graphs"]["encoder"]["outputs"][0]["shape"][1] -= 1
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert "graph latent shapes do not match latent_dim" in _refused("--model-dir", str(d))
 
 
 def test_refuses_bad_settings(model_dir):

@@ -107,28 +107,49 @@ def test_output_folder_with_foreign_files(tiny_run_dir: Path, tmp_path: Path) ->
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def _old_format(c: dict[str, Any]) -> None:
+    """A checkpoint as written before the trainer stored the reference block."""
+    c.pop("reference")
+
+
 def test_training_data_mismatch(tiny_checkpoint: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    src = _edited_checkpoint(tiny_checkpoint, tmp_path / "ck.pt",
-                             lambda c: c["data"].__setitem__("fingerprint", "0" * 64))
+    def edit(c: dict[str, Any]) -> None:
+        _old_format(c)
+        c["data"]["fingerprint"] = "0" * 64
+
+    src = _edited_checkpoint(tiny_checkpoint, tmp_path / "ck.pt", edit)
     with pytest.raises(DataMismatchError, match="the data changed since training"):
         export_model(src, tmp_path / "model")
     code, err = _run_cli([str(src), "--out", str(tmp_path / "model")], capsys)
-    assert code == 2 and "--data" in err and not (tmp_path / "model").exists()
-    # An explicit --data overrides, and the manifest records it.
+    assert code == 2 and "--reference-data" in err and not (tmp_path / "model").exists()
+    # An explicit --reference-data overrides, and the manifest records it.
     m = export_model(src, tmp_path / "model", data="digits")
     td = m["training_data"]
     assert td["override"] is True and td["checkpoint_fingerprint"] == "0" * 64
     assert td["fingerprint"] != td["checkpoint_fingerprint"] and td["source"] == "digits"
+    assert td["reference_from"] == "data"
 
 
-def test_training_data_missing(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    src = _edited_checkpoint(tiny_checkpoint, tmp_path / "ck.pt",
-                             lambda c: c["train_config"].__setitem__("data", str(tmp_path / "gone.npz")))
-    with pytest.raises(DataMismatchError, match="pass --data SPEC"):
+def test_training_data_missing(tiny_checkpoint: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    gone = tmp_path / "gone.npz"
+
+    def edit(c: dict[str, Any]) -> None:
+        _old_format(c)
+        c["train_config"]["data"] = str(gone)
+
+    src = _edited_checkpoint(tiny_checkpoint, tmp_path / "ck.pt", edit)
+    expect = (f"checkpoint has no stored reference statistics and its training data {gone} is missing; "
+              "pass --reference-data PATH")
+    with pytest.raises(DataMismatchError) as info:
         export_model(src, tmp_path / "model")
+    assert str(info.value) == expect
+    code, err = _run_cli([str(src), "--out", str(tmp_path / "model")], capsys)
+    assert code == 2 and err.strip() == f"vae export: {expect}"
     with pytest.raises(DataMismatchError, match="no such file"):
         export_model(src, tmp_path / "model", data=str(tmp_path / "also-gone"))
+    assert not (tmp_path / "model").exists()
 
 
 def test_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

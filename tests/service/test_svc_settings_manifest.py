@@ -93,8 +93,17 @@ def test_manifest_loads_and_checks(model_dir, tmp_path):
     raw["format_version"] = 1
     raw["graphs"]["encoder"]["outputs"][0]["name"] = "mean"
     (d / "manifest.json").write_text(json.dumps(raw))
+    # The shared schema rules refuse a manifest whose recorded names are not the contract's ...
+    with pytest.raises(ModelError, match=r"graphs.encoder.outputs: tensors \['mean', 'logvar'\]"):
+        load_manifest(d)
+    # ... and the runtime still checks the real graph against what the manifest records.
+    m = load_manifest(model_dir)
+    enc = m.graphs["encoder"]
+    renamed = dataclasses.replace(enc, outputs=(dataclasses.replace(enc.outputs[0], name="mean"),
+                                                *enc.outputs[1:]))
     with pytest.raises(ModelError, match="output mu float32.*does not match manifest.json \\(mean"):
-        load_model(load_manifest(d), Settings(model_dir=str(d), provider="cpu"))
+        load_model(dataclasses.replace(m, graphs={**m.graphs, "encoder": renamed}),
+                   Settings(model_dir=str(model_dir), provider="cpu"))
 
 
 # onnxruntime warns before the service's own check refuses; the refusal is what is under test.
