@@ -4,8 +4,10 @@ Each ready model version becomes a `ServedModel` holding that version's own vali
 metrics, so a v2 request goes through exactly what vae.v1 uses. Its submitters count the request on
 the version (`enter` / `leave`) so that a version being drained after a reload waits for v2 requests
 too; the count starts when the request is submitted, which follows the lookup with no await between.
-v2 names are `NAME-encoder` / `NAME-decoder`; loading or unloading either name loads or unloads the
-model NAME (both graphs share its sessions). No grpc here.
+v2 names are `NAME-encoder` / `NAME-decoder`, and both graphs share the model's sessions: unloading
+one name takes it out of service (index UNAVAILABLE "unloaded", inference refused); unloading the second
+unloads the model NAME from the registry (drained, sessions released). Loading a name puts it back,
+loading the model from the repository first when it is not loaded. No grpc here.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class RegistryLookup:
         self.models = models
         self._ready = ready
         self._cache: dict[int, tuple[ServedVersion, ServedModel]] = {}
+        self._out: set[str] = set()  # v2 names taken out of service by RepositoryModelUnload
 
     def _served(self, v: ServedVersion) -> ServedModel:
         hit = self._cache.get(id(v))
@@ -70,28 +73,52 @@ class RegistryLookup:
 
     def index(self) -> Sequence[IndexEntry]:
         entries = []
+        listed: set[str] = set()
         for st in self.models.statuses():
             if not st.version:
                 continue  # a model folder with a bad config.json: no version to name
             for graph in GRAPHS:
                 name = f"{st.model}-{graph}"
-                if st.state == READY and not self._ready():
+                listed.add(name)
+                if name in self._out:
+                    entries.append(IndexEntry(name, st.version, "UNAVAILABLE", "unloaded"))
+                elif st.state == READY and not self._ready():
                     entries.append(IndexEntry(name, st.version, "UNAVAILABLE",
                                               "the server is warming up or draining"))
                 else:
                     entries.append(IndexEntry(name, st.version, _TRITON_STATE.get(st.state, "UNAVAILABLE"),
                                               st.reason))
+        entries += [IndexEntry(name, "", "UNAVAILABLE", "unloaded") for name in sorted(self._out - listed)]
         return entries
+
+    def _known(self) -> set[str]:
+        return {st.model for st in self.models.statuses()} | {n.rpartition("-")[0] for n in self._out}
+
+    def _names(self) -> str:
+        models = sorted(self._known())
+        return ", ".join(f"{m}-{g}" for m in models for g in GRAPHS) or "none"
 
     def _model(self, v2_name: str) -> str:
         split = split_name(v2_name)
-        if split is None:
-            raise NotFound(f"model {v2_name!r} is not in the repository; v2 names are NAME-encoder and "
-                           f"NAME-decoder")
+        if split is None or split[0] not in self._known():
+            raise NotFound(f"model {v2_name!r} is not in the repository; models: {self._names()}")
         return split[0]
 
     async def load(self, v2_name: str) -> None:
-        await self.models.load(self._model(v2_name))
+        split = split_name(v2_name)
+        if split is None:
+            raise NotFound(f"model {v2_name!r} is not in the repository; models: {self._names()}")
+        model = split[0]
+        if model not in self.models.ready_versions():
+            try:
+                await self.models.load(model)
+            except NotFound:
+                raise NotFound(f"model {v2_name!r} is not in the repository; models: "
+                               f"{self._names()}") from None
+        self._out.discard(v2_name)
 
     async def unload(self, v2_name: str) -> None:
-        await self.models.unload(self._model(v2_name))
+        model = self._model(v2_name)
+        self._out.add(v2_name)
+        if all(f"{model}-{g}" in self._out for g in GRAPHS) and model in self.models.versions:
+            await self.models.unload(model)
