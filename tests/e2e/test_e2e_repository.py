@@ -240,3 +240,35 @@ def test_export_into_a_repository_takes_the_next_version(tiny_run_dir: Path, tin
                           (["--name", "m", "--repository-version", "1"], "never overwritten")):
         proc = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_open_inference_protocol_sees_every_model_version(repo: Path) -> None:
+    from protos.inference import grpc_service_pb2 as pb
+    from protos.inference import grpc_service_pb2_grpc as pb_grpc
+
+    with ServerThread(_settings(repo)) as srv, srv.channel() as ch:
+        stub, v2 = stub_for(ch), pb_grpc.GRPCInferenceServiceStub(ch)
+        index = v2.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        assert sorted((m.name, m.version, m.state) for m in index.models) == sorted(
+            (f"{m}-{g}", v, "READY") for m, v in (("a", "1"), ("a", "2"), ("b", "1"))
+            for g in ("encoder", "decoder"))
+        for version in ("1", "2", ""):
+            req = pb.ModelInferRequest(model_name="a-decoder", model_version=version)
+            req.inputs.add(name="z", datatype="FP32", shape=list(Z.shape))
+            req.raw_input_contents.append(Z.tobytes())
+            reply = v2.ModelInfer(req, timeout=10)
+            got = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(tuple(reply.outputs[0].shape))
+            want = _decode(stub, "a", version)
+            assert reply.model_version == want.version == (version or "2")
+            assert np.array_equal(got, array(want.images))  # the same version's batcher and bytes
+        # Unloading both v2 names of b unloads the model b: vae.v1 no longer serves it either.
+        v2.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="b-encoder"), timeout=30)
+        assert _decode(stub, "b").version == "1"  # one graph out of v2 service: b still loaded
+        v2.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="b-decoder"), timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            _decode(stub, "b")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="b-decoder"), timeout=60)
+        assert _decode(stub, "b").version == "1"
+        assert v2.ModelReady(pb.ModelReadyRequest(name="b-decoder"), timeout=10).ready
+        assert not v2.ModelReady(pb.ModelReadyRequest(name="b-encoder"), timeout=10).ready
