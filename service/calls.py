@@ -35,7 +35,7 @@ from service.errors import ServiceError, Unavailable, Undecodable
 from service.metrics import ServiceMetrics
 from service.validation import NonFinite
 
-__all__ = ["CallGuard", "rpc", "RETRY_AFTER_KEY", "RETRY_PUSHBACK_KEY"]
+__all__ = ["CallGuard", "Routed", "Router", "rpc", "RETRY_AFTER_KEY", "RETRY_PUSHBACK_KEY"]
 
 log = logging.getLogger("vae.service")
 
@@ -47,8 +47,27 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Routed(Protocol):
+    """A served model version as the wrapper sees it (service.served.ServedVersion)."""
+
+    name: str
+    version: str
+
+    @property
+    def metrics(self) -> ServiceMetrics: ...
+
+    def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+Router = Callable[[Any], Routed]
+
+
 class _HasCalls(Protocol):
     calls: CallGuard
+
+    def route(self, request: Any) -> Routed: ...
 
 
 class CallGuard:
@@ -67,12 +86,13 @@ class CallGuard:
         hint = str(exc.retry_after_ms)
         return ((RETRY_AFTER_KEY, hint), (RETRY_PUSHBACK_KEY, hint))
 
-    async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext) -> NoReturn:
+    async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext,
+                     metrics: ServiceMetrics) -> NoReturn:
         if isinstance(exc, Unavailable):
             await self.admission.parked()  # while the server stops grpc (admission.PARK_S)
-        self.metrics.error(exc.reason)
+        metrics.error(exc.reason)
         if isinstance(exc, NonFinite):
-            self.metrics.nonfinite("input", exc.count)
+            metrics.nonfinite("input", exc.count)
         await context.abort(getattr(grpc.StatusCode, exc.status), str(exc),
                             trailing_metadata=self._trailers(exc))
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
@@ -92,17 +112,28 @@ class CallGuard:
         # The cause stays in the server log: a client learns nothing about the internals.
         return ServiceError(f"internal error while serving {method}; the server logged the cause")
 
-    async def unary(self, method: str, admit: bool, body: Callable[[Any, Any], Awaitable[Any]],
-                    request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(self, method: str, admit: bool, body: Callable[..., Awaitable[Any]],
+                    request: Any, context: grpc.aio.ServicerContext, route: Router | None = None) -> Any:
         started = time.perf_counter()
-        self.metrics.request_started(method)
-        code, admitted = "OK", False
+        metrics = self.metrics
+        code, admitted, begun = "OK", False, False
+        served: Routed | None = None
         try:
             admitted = self._enter(request, admit)
-            return await body(request, context)
+            if route is not None:
+                served = route(request)  # NotFound lists what is served
+                served.enter()  # no await since the routing: a drain of this version sees the call
+                metrics = served.metrics
+            metrics.request_started(method)
+            begun = True
+            if served is None:
+                return await body(request, context)
+            reply = await body(served, request, context)
+            reply.model, reply.version = served.name, served.version  # latents are per version
+            return reply
         except ServiceError as exc:
             code = exc.status
-            await self._abort(exc, context)
+            await self._abort(exc, context, metrics)
         except grpc.aio.AbortError:
             code = _code_name(context)  # the body aborted on its own
             raise
@@ -111,24 +142,43 @@ class CallGuard:
             raise
         except Exception as exc:
             code = "INTERNAL"
-            await self._abort(self._internal(method, exc), context)
+            await self._abort(self._internal(method, exc), context, metrics)
         finally:
-            if admitted:
-                self.admission.release()
-            self.metrics.request_finished(method, code, time.perf_counter() - started)
+            self._finish(method, code, started, metrics, begun, admitted, served)
 
-    async def stream(self, method: str, admit: bool, body: Callable[[Any, Any], AsyncIterator[Any]],
-                     request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _finish(self, method: str, code: str, started: float, metrics: ServiceMetrics, begun: bool,
+                admitted: bool, served: Routed | None) -> None:
+        if served is not None:
+            served.leave()
+        if admitted:
+            self.admission.release()
+        if not begun:  # refused before routing: counted on the unrouted series
+            metrics.request_started(method)
+        metrics.request_finished(method, code, time.perf_counter() - started)
+
+    async def stream(self, method: str, admit: bool, body: Callable[..., AsyncIterator[Any]],
+                     request: Any, context: grpc.aio.ServicerContext,
+                     route: Router | None = None) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        self.metrics.request_started(method)
-        code, admitted = "OK", False
+        metrics = self.metrics
+        code, admitted, begun = "OK", False, False
+        served: Routed | None = None
         try:
             admitted = self._enter(request, admit)
-            async for item in body(request, context):
+            if route is not None:
+                served = route(request)
+                served.enter()  # the whole stream stays on the version it was routed to
+                metrics = served.metrics
+            metrics.request_started(method)
+            begun = True
+            items = body(request, context) if served is None else body(served, request, context)
+            async for item in items:
+                if served is not None:
+                    item.model, item.version = served.name, served.version
                 yield item
         except ServiceError as exc:
             code = exc.status
-            await self._abort(exc, context)
+            await self._abort(exc, context, metrics)
         except grpc.aio.AbortError:
             code = _code_name(context)
             raise
@@ -137,11 +187,9 @@ class CallGuard:
             raise
         except Exception as exc:
             code = "INTERNAL"
-            await self._abort(self._internal(method, exc), context)
+            await self._abort(self._internal(method, exc), context, metrics)
         finally:
-            if admitted:
-                self.admission.release()
-            self.metrics.request_finished(method, code, time.perf_counter() - started)
+            self._finish(method, code, started, metrics, begun, admitted, served)
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str:
@@ -151,24 +199,28 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
     return "UNKNOWN"
 
 
-def rpc(method: str, *, admit: bool = True) -> Callable[[F], F]:
+def rpc(method: str, *, admit: bool = True, routed: bool = False) -> Callable[[F], F]:
     """Decorate a handler of a servicer that holds `calls: CallGuard`: an `async def` (unary reply) or
-    an `async def ... yield` (server-streaming reply). `admit=False`: served while not ready too."""
+    an `async def ... yield` (server-streaming reply). `admit=False`: served while not ready too.
+    `routed=True`: the call goes to the model version the servicer's `route(request)` picks, the
+    handler is called as `fn(self, version, request, context)`, request metrics carry that version's
+    labels, and every reply is stamped with its model and version."""
 
     def wrap(fn: F) -> F:
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def streaming(self: _HasCalls, request: Any,
                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for item in self.calls.stream(method, admit, functools.partial(fn, self),
-                                                    request, context):
+                async for item in self.calls.stream(method, admit, functools.partial(fn, self), request,
+                                                    context, self.route if routed else None):
                     yield item
 
             handler: Any = streaming
         else:
             @functools.wraps(fn)
             async def unary(self: _HasCalls, request: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await self.calls.unary(method, admit, functools.partial(fn, self), request, context)
+                return await self.calls.unary(method, admit, functools.partial(fn, self), request, context,
+                                              self.route if routed else None)
 
             handler = unary
         setattr(handler, GUARDED_ATTR, True)  # decode_guard: this handler answers undecodable bodies

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import SettingsError
+from service.repository import VersionPolicy
 
 __all__ = ["Settings", "build_parser", "settings_from_args", "env_name", "flag_name", "receive_limit"]
 
@@ -48,6 +49,14 @@ def _f(default: Any, help_text: str, choices: tuple[str, ...] | None = None) -> 
 class Settings:
     model_dir: str = _f("", "model folder written by `vae export` (manifest.json, "
                                 "encoder.onnx, decoder.onnx)")
+    model_repository: str = _f("", "model repository REPO/NAME/VERSION/ (every model in it is served; "
+                                   "instead of --model-dir)")
+    version_policy: str = _f("latest", "versions served of a model without its own config.json: latest, "
+                                       "latest:N, all, specific:V1,V2")
+    default_model: str = _f("", "model of requests that leave `model` empty (default: the only model, "
+                                "else the first by name)")
+    poll_seconds: float = _f(0.0, "rescan the model repository every this many seconds and load/unload "
+                                  "what changed (0 = only on SIGHUP and LoadModel/UnloadModel)")
     host: str = _f("0.0.0.0", "address the gRPC and metrics servers listen on")
     port: int = _f(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _f(8000, "Prometheus /metrics HTTP port (0 = no metrics server)")
@@ -130,8 +139,15 @@ class Settings:
         if self.auth_token and self.auth_token_file:
             raise SettingsError("give the bearer token once: --auth-token or --auth-token-file, not both")
         self.process_count()
-        if not self.model_dir:
-            raise SettingsError("no model folder: pass --model-dir DIR or set VAE_MODEL_DIR")
+        if not self.model_dir and not self.model_repository:
+            raise SettingsError("no model folder or repository: pass --model-dir DIR or --model-repository "
+                                "REPO (VAE_MODEL_DIR, VAE_MODEL_REPOSITORY)")
+        if self.model_dir and self.model_repository:
+            raise SettingsError("give --model-dir or --model-repository, not both (a model folder is a "
+                                "repository of one)")
+        if self.poll_seconds < 0:
+            raise SettingsError(f"--poll-seconds must be >= 0, got {self.poll_seconds}")
+        VersionPolicy.parse(self.version_policy)
 
     def process_count(self) -> int:
         """`processes` as a number: `auto` is the cores this process may run on (at least 1)."""

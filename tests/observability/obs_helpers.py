@@ -18,13 +18,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
-__all__ = ["value", "per_dim", "free_port", "scrape", "sample", "tensor", "array", "ServiceThread",
+__all__ = ["find", "value", "per_dim", "free_port", "scrape", "sample", "tensor", "array", "ServiceThread",
            "wait_for"]
+
+
+def find(registry: CollectorRegistry, name: str, /, **labels: str) -> float | None:
+    """The sum of the samples called `name` whose labels include `labels` (every series also carries
+    `model` and `version`, which a test may leave out), or None when there is none."""
+    got = [s.value for fam in registry.collect() for s in fam.samples
+           if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return float(sum(got)) if got else None
 
 
 def value(registry: CollectorRegistry, name: str, /, **labels: str) -> float:
     """A sample's value; fails (rather than returning None) when the sample is absent."""
-    got = registry.get_sample_value(name, labels)
+    got = find(registry, name, **labels)
     assert got is not None, f"no sample {name}{labels} on the registry"
     return got
 
