@@ -25,7 +25,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, Protocol, TypeVar, cast
+from typing import Any, NoReturn, Protocol
 
 import grpc
 
@@ -44,7 +44,6 @@ RETRY_AFTER_KEY = "retry-after-ms"
 # this long before its next attempt (gRFC A6, "Pushback").
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Routed(Protocol):
@@ -199,14 +198,16 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
     return "UNKNOWN"
 
 
-def rpc(method: str, *, admit: bool = True, routed: bool = False) -> Callable[[F], F]:
+def rpc(method: str, *, admit: bool = True, routed: bool = False) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a handler of a servicer that holds `calls: CallGuard`: an `async def` (unary reply) or
     an `async def ... yield` (server-streaming reply). `admit=False`: served while not ready too.
     `routed=True`: the call goes to the model version the servicer's `route(request)` picks, the
     handler is called as `fn(self, version, request, context)`, request metrics carry that version's
     labels, and every reply is stamped with its model and version."""
 
-    def wrap(fn: F) -> F:
+    # The handler grpc sees is (self, request, context): typed Any so that a routed handler's own
+    # (self, version, request, context) signature does not clash with the generated base class.
+    def wrap(fn: Callable[..., Any]) -> Any:
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def streaming(self: _HasCalls, request: Any,
@@ -224,6 +225,6 @@ def rpc(method: str, *, admit: bool = True, routed: bool = False) -> Callable[[F
 
             handler = unary
         setattr(handler, GUARDED_ATTR, True)  # decode_guard: this handler answers undecodable bodies
-        return cast(F, handler)
+        return handler
 
     return wrap
