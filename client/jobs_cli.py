@@ -68,7 +68,7 @@ def generate_main(argv: list[str]) -> int:
     from client.generate import GenerateJob, run_generate
 
     p = ArgParser(prog="vae generate", description="Sharded, resumable, deterministic prior sampling.")
-    add_connection_args(p, default_retries=8, many_targets=True)
+    add_connection_args(p, default_retries=5, many_targets=True)
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, type=Path, help="output folder (shards, manifest.json)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="S",
@@ -106,7 +106,7 @@ def encode_main(argv: list[str]) -> int:
     from client.encode import EncodeJob, parts_dir, run_encode
 
     p = ArgParser(prog="vae encode", description="Encode a dataset to mu and logvar, chunked and resumable.")
-    add_connection_args(p, default_retries=8, many_targets=True)
+    add_connection_args(p, default_retries=5, many_targets=True)
     p.add_argument("--data", required=True,
                    help="'digits', an IDX file (.gz or raw), .npz, .npy, or a folder of IDX or "
                         "PNG/JPEG files")

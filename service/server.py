@@ -108,8 +108,13 @@ class VaeServer:
         # No interceptor unless auth is on: grpc.aio runs every call through the interceptor chain in
         # Python, a cost per request (undecodable bytes are guarded in the handlers instead).
         interceptors: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(token)] if token else []
+        # grpc core cancels calls received beyond 1,000 soft / 3,000 hard pending ones before any
+        # handler runs (a 5,000-call burst got CANCELLED, which clients do not retry): lift those
+        # bounds so the service's own queue limit is what refuses, with RESOURCE_EXHAUSTED.
         options = [("grpc.max_send_message_length", settings.max_send_message_bytes),
                    ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                   ("grpc.server.max_pending_requests", 1_000_000),
+                   ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
                    # Off for one process, so a port already in use is an error; on when several
                    # processes share the port (service/supervisor.py), the kernel spreads connections.
                    ("grpc.so_reuseport", int(settings.process_count() > 1))]

@@ -151,7 +151,7 @@ def test_server_restarted_mid_job_still_completes(tiny_model_dir, tmp_path: Path
     out = tmp_path / "restart"
     job = subprocess.Popen([*VAE, "generate", "--target", srv.target, "--out", str(out), "--n", "600",
                             "--shard-size", "3", "--seed", "5", "--concurrency", "1", "--no-progress",
-                            "--retries", "10"], env=env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            "--retries", "5"], env=env(), cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 60
