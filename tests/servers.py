@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry
 from protos.vae.v1 import vae_pb2_grpc
 from service.settings import Settings
 
-__all__ = ["ServerThread", "ServeProcess", "settings_for", "serving", "child_env", "free_port", "ROOT",
-           "VAE"]
+__all__ = ["LoopThread", "ServerThread", "ServeProcess", "settings_for", "serving", "child_env", "free_port",
+           "ROOT", "VAE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE = [sys.executable, "-m", "vae_cli.main"]
@@ -75,7 +75,33 @@ def serving(target: str, timeout: float = 2.0, credentials: Any = None) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class ServerThread:
+class LoopThread:
+    """An asyncio event loop running in a daemon thread: the plumbing under every in-thread server, so
+    blocking and asyncio clients in the test can both call it. `call(coro)` runs a coroutine there."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
+        """Run a coroutine on the thread's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _open(self, start: Coroutine[Any, Any, Any]) -> None:
+        self.thread.start()
+        try:
+            self.call(start)
+        except BaseException:
+            self._close()
+            raise
+
+    def _close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+class ServerThread(LoopThread):
     """create_server + start on a thread's own event loop, bound to 127.0.0.1 port 0.
 
     `source` is a Settings or a model folder (then `overrides` are Settings fields). `registry` defaults
@@ -95,8 +121,7 @@ class ServerThread:
             self.settings = dataclasses.replace(self.settings, metrics_port=free_port())
         self.registry = registry if registry is not None else CollectorRegistry()
         self.warm, self.grace = warm, grace
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="test-server")
+        super().__init__("test-server")
         self.server: Any = None
         self.port = 0
 
@@ -108,10 +133,6 @@ class ServerThread:
     def metrics_port(self) -> int:
         return int(self.server.metrics_port)
 
-    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-        """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     async def _start(self) -> None:
         from service.server import create_server
 
@@ -119,23 +140,13 @@ class ServerThread:
         await self.server.start(warm=self.warm)
 
     def __enter__(self) -> ServerThread:
-        self.thread.start()
-        try:
-            self.call(self._start())
-        except BaseException:
-            self._close()
-            raise
+        self._open(self._start())
         return self
 
     def stop(self, grace: float | None = 1.0) -> None:
         if self.server is not None:
             self.call(self.server.stop(grace), timeout=60)
             self.server = None
-
-    def _close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
 
     def __exit__(self, *exc: object) -> None:
         try:
