@@ -4,8 +4,8 @@ own exceptions, and the batch jobs behind `vae generate` and `vae encode`.
 Imports only the generated protos (plus grpc, numpy, Pillow, tqdm): never the service or trainer."""
 
 from client.aio import AsyncVaeClient
-from client.channel import ChannelConfig, RetryPolicy
-from client.client import VaeClient, make_config
+from client.channel import ChannelConfig, RetryPolicy, make_config
+from client.client import VaeClient
 from client.errors import (
     DeadlineExceededError,
     InvalidArgumentError,

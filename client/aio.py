@@ -1,80 +1,43 @@
-"""`AsyncVaeClient`: the asyncio twin of `VaeClient` (grpc.aio), same options and semantics.
+"""`AsyncVaeClient`: the asyncio driver (grpc.aio) of `client.core.ClientCore`; the same methods,
+options and semantics as `VaeClient`, each one awaited.
 
 Used by the batch jobs to keep several requests in flight per process without threads."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar, cast
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.channel import ChannelConfig
-from client.client import as_latents, join_encode, join_images, make_config
-from client.errors import VaeRpcError, from_rpc_error
-from client.latent_messages import (
-    EditResult,
-    LatentPath,
-    ScoreResult,
-    TraverseResult,
-    attribute_direction,
-    edit_chunks,
-    edit_request,
-    interpolate_request,
-    join_scores,
-    read_edit,
-    read_path,
-    read_score,
-    read_traverse,
-    score_chunks,
-    score_request,
-    traverse_request,
-)
-from client.messages import (
-    EncodeResult,
-    SampleResult,
-    as_wire_array,
-    check_temperature,
-    chunk_seed,
-    concat_samples,
-    decode_request,
-    encode_request,
-    read_encode,
-    read_images,
-    read_sample,
-    sample_request,
-)
-from client.planning import Plan, chunk_bounds, image_format
-from client.tensors import to_tensor
-from protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from client.core import DriverBase
+from client.flow import Flow, IoStep, NextMessage, OpenStream, Program, Sleep, Stubs
+from client.latent_messages import EditResult, LatentPath, ScoreResult, TraverseResult
+from client.messages import EncodeResult, SampleResult
+from client.pinning import ModelPin
+from client.planning import Plan
+from protos.vae.v1 import vae_pb2
 
 __all__ = ["AsyncVaeClient"]
 
 T = TypeVar("T")
 
 
-class AsyncVaeClient:
+class AsyncVaeClient(DriverBase):
     """`async with AsyncVaeClient("host:50051") as c: r = await c.sample(64, seed=1)`.
 
     Create it inside the event loop that uses it (grpc.aio channels belong to one loop)."""
 
     def __init__(self, target: str | None = None, *, config: ChannelConfig | None = None,
-                 **kwargs: Any) -> None:
-        if config is None:
-            if target is None:
-                raise ValueError("give a target HOST:PORT or a config")
-            config = make_config(target, **kwargs)
-        elif target is not None or kwargs:
-            raise ValueError("give either a config or a target with options, not both")
-        self.config = config
-        self._channel = config.aio_channel()
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._info: vae_pb2.ModelInfo | None = None
-        self._plan: Plan | None = None
+                 model: str = "", version: str = "", pin: bool = False, **kwargs: Any) -> None:
+        super().__init__(target, config, kwargs)
+        # Which model/version requests name; `pin=True` adopts the first reply's (see client.pinning).
+        self.pin = ModelPin(model, version, sticky=pin)
+        self._channel = self.config.aio_channel()
+        self._stubs = Stubs(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -85,184 +48,106 @@ class AsyncVaeClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def target(self) -> str:
-        return self.config.target
+    # -- the driver: perform each step by awaiting -------------------------------------------------
+    async def _perform(self, step: IoStep) -> Any:
+        if isinstance(step, NextMessage):
+            message = await step.stream.read()
+            if message is grpc.aio.EOF:
+                return None
+            self.pin.observe(message, "SampleStream")
+            return message
+        if isinstance(step, Sleep):
+            return await asyncio.sleep(step.seconds)
+        self.pin.stamp(step.request)
+        call = self._stubs[step.method](step.request, timeout=step.timeout, metadata=self.config.metadata())
+        # A unary call is awaited for its reply; a stream's call object is handed back to be read.
+        if isinstance(step, OpenStream):
+            return call
+        reply = await call
+        self.pin.observe(reply, step.method)
+        return reply
 
-    async def _retrying(self, method: str, attempt: Callable[[float], Awaitable[T]],
-                        timeout: float | None) -> T:
-        per_try = timeout if timeout is not None else self.config.timeout
-        delays = self.config.retry.delays()
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                return await attempt(per_try)
-            except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                delay = next(delays, None) if self.config.retry.retryable(code) else None
-                if delay is None:
-                    raise from_rpc_error(exc, method=method, target=self.target, attempts=tries) from None
-                await asyncio.sleep(delay)
+    async def _drive(self, program: Program[Any]) -> AsyncIterator[Any]:
+        try:
+            while not program.done:
+                if program.emitting:
+                    yield program.take()
+                else:
+                    await program.asettle(self._perform)
+        finally:
+            program.close()
 
-    async def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        call = getattr(self._stub, method)
-        md = self.config.metadata()
+    async def _run(self, flow: Flow[T]) -> T:
+        program = Program(flow)
+        async for _ in self._drive(program):
+            pass
+        return cast(T, program.result)
 
-        async def attempt(t: float) -> Any:
-            return await call(request, timeout=t, metadata=md)
-
-        return await self._retrying(method, attempt, timeout)
-
+    # -- model info and health ---------------------------------------------------------------------
     async def info(self, refresh: bool = False, timeout: float | None = None) -> vae_pb2.ModelInfo:
-        if self._info is None or refresh:
-            self._info = await self._unary("GetModelInfo", vae_pb2.GetModelInfoRequest(), timeout)
-            self._plan = Plan.from_info(self._info, self.config.max_message_bytes)
-        return self._info
+        return await self._run(self._core.info(refresh, timeout))
 
     async def plan(self) -> Plan:
-        if self._plan is None:
-            await self.info()
-        assert self._plan is not None
-        return self._plan
+        return await self._run(self._core.plan())
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
-        req = health_pb2.HealthCheckRequest(service=service)
-        md = self.config.metadata()
+        return await self._run(self._core.health(service, timeout))
 
-        async def attempt(t: float) -> Any:
-            return await self._health.Check(req, timeout=t, metadata=md)
-
-        resp = await self._retrying("Health/Check", attempt, timeout)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
-
+    # -- calls: see VaeClient for what each one does -----------------------------------------------
     async def encode(self, images: np.ndarray, *, sample: bool = False, seed: int | None = None,
                      timeout: float | None = None) -> EncodeResult:
-        plan = await self.plan()
-        arr = plan.check_images(as_wire_array(images, "images"))
-        size = plan.encode_chunk(arr.dtype.itemsize, sample)
-        parts = []
-        for i, (a, b) in enumerate(chunk_bounds(len(arr), size)):
-            resp = await self._unary("Encode", encode_request(arr[a:b], sample, chunk_seed(seed, i)), timeout)
-            parts.append(read_encode(resp, b - a, plan.latent_dim, sample))
-        return join_encode(parts, sample, plan.latent_dim)
+        return await self._run(self._core.encode(images, sample=sample, seed=seed, timeout=timeout))
 
     async def decode(self, z: np.ndarray, *, uint8: bool = False, timeout: float | None = None) -> np.ndarray:
-        plan = await self.plan()
-        arr = as_latents(as_wire_array(z, "z"), plan.latent_dim)
-        size = plan.decode_chunk(arr.dtype.itemsize, uint8)
-        out = []
-        for a, b in chunk_bounds(len(arr), size):
-            resp = await self._unary("Decode", decode_request(arr[a:b], uint8), timeout)
-            out.append(read_images(resp.images, b - a, plan.input_shape, uint8))
-        return join_images(out, plan.input_shape, uint8)
+        return await self._run(self._core.decode(z, uint8=uint8, timeout=timeout))
 
     async def reconstruct(self, images: np.ndarray, *, uint8: bool = False,
                           timeout: float | None = None) -> np.ndarray:
-        plan = await self.plan()
-        arr = plan.check_images(as_wire_array(images, "images"))
-        size = plan.reconstruct_chunk(arr.dtype.itemsize, uint8)
-        out = []
-        for a, b in chunk_bounds(len(arr), size):
-            req = vae_pb2.ReconstructRequest(images=to_tensor(arr[a:b]), format=image_format(uint8))
-            resp = await self._unary("Reconstruct", req, timeout)
-            out.append(read_images(resp.images, b - a, plan.input_shape, uint8))
-        return join_images(out, plan.input_shape, uint8)
+        return await self._run(self._core.reconstruct(images, uint8=uint8, timeout=timeout))
 
     async def sample(self, n: int, *, seed: int | None = None, temperature: float = 1.0,
                      uint8: bool = False, return_latents: bool = False,
                      timeout: float | None = None) -> SampleResult:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        t = check_temperature(temperature)
-        plan = await self.plan()
-        if plan.sample_unary_ok(n, uint8, return_latents):
-            resp = await self._unary("Sample", sample_request(n, seed, t, uint8, return_latents), timeout)
-            return read_sample(resp, plan.input_shape, plan.latent_dim, uint8, return_latents, n=n)
-        parts = [p async for p in self.sample_stream(n, seed=seed, temperature=t, uint8=uint8,
-                                                      return_latents=return_latents, timeout=timeout)]
-        return concat_samples(parts, return_latents)
+        return await self._run(self._core.sample(n, seed=seed, temperature=temperature, uint8=uint8,
+                                                 return_latents=return_latents, timeout=timeout))
 
-    async def sample_stream(self, n: int, *, seed: int | None = None, temperature: float = 1.0,
-                            uint8: bool = False, return_latents: bool = False, chunk_size: int = 0,
-                            timeout: float | None = None) -> AsyncIterator[SampleResult]:
-        t = check_temperature(temperature)
-        plan = await self.plan()
-        chunk = chunk_size or plan.stream_chunk(n, uint8, return_latents)
-        req = sample_request(n, seed, t, uint8, return_latents, chunk)
-        md = self.config.metadata()
-        per_try = timeout if timeout is not None else self.config.timeout
-        delays = self.config.retry.delays()
-        done, tries = 0, 0
-        while done < n:
-            tries += 1
-            try:
-                async for resp in self._stub.SampleStream(req, timeout=per_try, metadata=md):
-                    if resp.offset < done:
-                        continue
-                    part = read_sample(resp, plan.input_shape, plan.latent_dim, uint8, return_latents,
-                                       expect_offset=done)
-                    done += len(part.images)
-                    yield part
-            except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                can_resume = done == 0 or seed is not None
-                delay = next(delays, None) if can_resume and self.config.retry.retryable(code) else None
-                if delay is None:
-                    raise from_rpc_error(exc, method="SampleStream", target=self.target,
-                                         attempts=tries) from None
-                await asyncio.sleep(delay)
-                continue
-            if done < n:
-                raise VaeRpcError(grpc.StatusCode.DATA_LOSS, f"stream ended after {done} of {n} samples",
-                                  method="SampleStream", target=self.target)
+    def sample_stream(self, n: int, *, seed: int | None = None, temperature: float = 1.0,
+                      uint8: bool = False, return_latents: bool = False, chunk_size: int = 0,
+                      timeout: float | None = None) -> AsyncIterator[SampleResult]:
+        """`async for part in c.sample_stream(...)`: chunks, resumed like VaeClient's."""
+        return self._drive(Program(self._core.sample_stream(
+            n, seed=seed, temperature=temperature, uint8=uint8, return_latents=return_latents,
+            chunk_size=chunk_size, timeout=timeout)))
 
-    # -- latent-space calls (Score, Interpolate, Traverse, Edit) -----------------------------------
+    # -- latent-space calls (Score, Interpolate, Traverse, Edit; flows in client/latent_flows.py) ----
     async def score(self, images: np.ndarray, *, k: int = 1, seed: int | None = None,
                     timeout: float | None = None) -> ScoreResult:
         """Per-image ELBO, its parts and (k > 1) the IWAE bound, nats. A call that fits one request
         uses `seed` as is (the server's scores for that seed); later chunks get derived seeds."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        plan = await self.plan()
-        arr = plan.check_images(as_wire_array(images, "images"))
-        parts = []
-        for i, (a, b) in enumerate(score_chunks(plan, arr, k)):
-            resp = await self._unary("Score", score_request(arr[a:b], k, chunk_seed(seed, i)), timeout)
-            parts.append(read_score(resp, b - a, k))
-        return join_scores(parts, k)
+        return await self._run(self._core.score(images, k=k, seed=seed, timeout=timeout))
 
     async def interpolate(self, a: np.ndarray, b: np.ndarray, *, steps: int = 8, method: str = "spherical",
-                    uint8: bool = False, timeout: float | None = None) -> LatentPath:
+                          uint8: bool = False, timeout: float | None = None) -> LatentPath:
         """A path from a to b (each an image, or a 1-D latent), endpoints included, decoded."""
-        plan = await self.plan()
-        req = interpolate_request(a, b, steps, method, uint8, plan.latent_dim)
-        resp = await self._unary("Interpolate", req, timeout)
-        return read_path(resp, steps, plan, uint8)
+        return await self._run(self._core.interpolate(a, b, steps=steps, method=method, uint8=uint8,
+                                                      timeout=timeout))
 
     async def traverse(self, base: np.ndarray, *, dims: Sequence[int] | None = None, n_dims: int = 0,
-                 low: float | None = None, high: float | None = None, steps: int = 7, uint8: bool = False,
-                 timeout: float | None = None) -> TraverseResult:
+                       low: float | None = None, high: float | None = None, steps: int = 7,
+                       uint8: bool = False, timeout: float | None = None) -> TraverseResult:
         """Move one latent dimension per row from `base` (an image or a 1-D latent); no dims: the
         most informative ones by the training reference's KL."""
-        plan = await self.plan()
-        req = traverse_request(base, dims, n_dims, low, high, steps, uint8, plan.latent_dim)
-        resp = await self._unary("Traverse", req, timeout)
-        return read_traverse(resp, steps, plan, uint8)
+        return await self._run(self._core.traverse(base, dims=dims, n_dims=n_dims, low=low, high=high,
+                                                   steps=steps, uint8=uint8, timeout=timeout))
 
     async def edit(self, images: np.ndarray, direction: np.ndarray, *, scales: Sequence[float] = (1.0,),
-             uint8: bool = False, timeout: float | None = None) -> EditResult:
+                   uint8: bool = False, timeout: float | None = None) -> EditResult:
         """Posterior mean + scale * direction, decoded, for every image and scale."""
-        plan = await self.plan()
-        arr = plan.check_images(as_wire_array(images, "images"))
-        parts = []
-        for a, b in edit_chunks(plan, arr, len(scales), uint8):
-            resp = await self._unary("Edit", edit_request(arr[a:b], direction, scales, uint8), timeout)
-            parts.append(read_edit(resp, b - a, len(scales), plan, uint8))
-        return EditResult(np.concatenate([p.images for p in parts]), np.concatenate([p.z for p in parts]))
+        return await self._run(self._core.edit(images, direction, scales=scales, uint8=uint8,
+                                               timeout=timeout))
 
     async def attribute_direction(self, with_attribute: np.ndarray, without_attribute: np.ndarray, *,
-                            timeout: float | None = None) -> np.ndarray:
+                                  timeout: float | None = None) -> np.ndarray:
         """The mean latent of images with an attribute minus that of images without it, [D]."""
-        return attribute_direction((await self.encode(with_attribute, timeout=timeout)).mu,
-                                   (await self.encode(without_attribute, timeout=timeout)).mu)
+        return await self._run(self._core.attribute_direction(with_attribute, without_attribute,
+                                                              timeout=timeout))

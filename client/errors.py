@@ -33,20 +33,25 @@ class VaeClientError(Exception):
 
 class VaeRpcError(VaeClientError):
     """A call that ended with a non-OK gRPC status. `code` is the `grpc.StatusCode`, `details` the
-    server's message, `method` the RPC that failed, `attempts` how many tries were made."""
+    server's message, `method` the RPC that failed, `attempts` how many requests the client itself
+    made (a resumed SampleStream counts each re-request). gRPC's retry policy retries each of them
+    inside gRPC, out of the application's sight: `retry_limit` is the most attempts it was allowed
+    (1 when the status was not one the policy retries)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, code: grpc.StatusCode, details: str, *, method: str = "", target: str = "",
-                 attempts: int = 1) -> None:
+                 attempts: int = 1, retry_limit: int = 1) -> None:
         self.code = code
         self.details = details
         self.method = method
         self.target = target
         self.attempts = attempts
+        self.retry_limit = retry_limit
         where = f"{method} on {target}" if method and target else (method or target or "call")
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(f"{where} failed{tries}: {code.name}: {details or 'no details'}")
+        policy = f" (retried by gRPC, up to {retry_limit} attempts)" if retry_limit > 1 else ""
+        super().__init__(f"{where} failed{tries}{policy}: {code.name}: {details or 'no details'}")
 
     @property
     def status(self) -> str:
@@ -130,9 +135,10 @@ _BY_CODE: dict[grpc.StatusCode, type[VaeRpcError]] = {
 }
 
 
-def from_rpc_error(exc: grpc.RpcError, *, method: str = "", target: str = "",
-                   attempts: int = 1) -> VaeRpcError:
-    """Map a `grpc.RpcError` (sync or aio) to the matching `VaeRpcError` subclass."""
+def from_rpc_error(exc: grpc.RpcError, *, method: str = "", target: str = "", attempts: int = 1,
+                   retry_limit: dict[grpc.StatusCode, int] | int = 1) -> VaeRpcError:
+    """Map a `grpc.RpcError` (sync or aio) to the matching `VaeRpcError` subclass. `retry_limit` is
+    the attempts gRPC's policy allows, per retryable code (a mapping) or for every code (an int)."""
     code_fn = getattr(exc, "code", None)
     details_fn = getattr(exc, "details", None)
     code = code_fn() if callable(code_fn) else None
@@ -140,4 +146,5 @@ def from_rpc_error(exc: grpc.RpcError, *, method: str = "", target: str = "",
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     cls = _BY_CODE.get(code, VaeRpcError)
-    return cls(code, str(details or ""), method=method, target=target, attempts=attempts)
+    limit = retry_limit.get(code, 1) if isinstance(retry_limit, dict) else retry_limit
+    return cls(code, str(details or ""), method=method, target=target, attempts=attempts, retry_limit=limit)

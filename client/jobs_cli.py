@@ -29,6 +29,9 @@ def _add_job_args(p: ArgParser, unit: str) -> None:
     p.add_argument("--shard-attempts", type=int, default=3, metavar="N",
                    help=f"tries per {unit}, each on the next target (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--model", default="", help="model to use (default: the server's default model)")
+    p.add_argument("--model-version", default="", metavar="V",
+                   help="version to use (default: the version of the first reply, kept for the whole job)")
 
 
 def resolve_split(num_shards: int, shard_index: int | None) -> tuple[int, int]:
@@ -68,7 +71,7 @@ def generate_main(argv: list[str]) -> int:
     from client.generate import GenerateJob, run_generate
 
     p = ArgParser(prog="vae generate", description="Sharded, resumable, deterministic prior sampling.")
-    add_connection_args(p, default_retries=8, many_targets=True)
+    add_connection_args(p, default_retries=5, many_targets=True)
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--out", required=True, type=Path, help="output folder (shards, manifest.json)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="S",
@@ -85,7 +88,7 @@ def generate_main(argv: list[str]) -> int:
         job = GenerateJob(n=args.n, out=args.out, shard_size=args.shard_size, seed=args.seed,
                           temperature=args.temperature, fmt=args.format, concurrency=args.concurrency,
                           num_shards=num, shard_index=idx, attempts=args.shard_attempts,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, model=args.model, version=args.model_version)
     except (BadInput, ValueError) as exc:
         return fail("vae generate", str(exc).removeprefix("vae generate: "), 2)
     except SystemExit as exc:  # --help
@@ -106,7 +109,7 @@ def encode_main(argv: list[str]) -> int:
     from client.encode import EncodeJob, parts_dir, run_encode
 
     p = ArgParser(prog="vae encode", description="Encode a dataset to mu and logvar, chunked and resumable.")
-    add_connection_args(p, default_retries=8, many_targets=True)
+    add_connection_args(p, default_retries=5, many_targets=True)
     p.add_argument("--data", required=True,
                    help="'digits', an IDX file (.gz or raw), .npz, .npy, or a folder of IDX or "
                         "PNG/JPEG files")
@@ -120,7 +123,8 @@ def encode_main(argv: list[str]) -> int:
         num, idx = resolve_split(args.num_shards, args.shard_index)
         job = EncodeJob(data=args.data, out=args.out, chunk_size=args.chunk_size,
                         concurrency=args.concurrency, num_shards=num, shard_index=idx,
-                        attempts=args.shard_attempts, progress=not args.no_progress)
+                        attempts=args.shard_attempts, progress=not args.no_progress, model=args.model,
+                        version=args.model_version)
         images = load_dataset(args.data)
     except (BadInput, ValueError, DataError) as exc:
         return fail("vae encode", str(exc).removeprefix("vae encode: "), 2)

@@ -1,5 +1,5 @@
-"""Request builders and reply readers shared by `VaeClient` and `AsyncVaeClient`, so the two differ
-only in how they wait: numpy in, numpy out, with the shapes checked on the way back."""
+"""Request builders and reply readers used by `client.core` (so by both `VaeClient` and `AsyncVaeClient`):
+numpy in, numpy out, with the shapes checked on the way back."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ __all__ = [
     "read_sample",
     "concat_samples",
     "check_temperature",
+    "reconstruct_request",
+    "as_latents",
+    "join_encode",
+    "join_images",
 ]
 
 
@@ -102,6 +106,10 @@ def decode_request(z: np.ndarray, uint8: bool) -> vae_pb2.DecodeRequest:
     return vae_pb2.DecodeRequest(z=to_tensor(z), format=image_format(uint8))
 
 
+def reconstruct_request(images: np.ndarray, uint8: bool) -> vae_pb2.ReconstructRequest:
+    return vae_pb2.ReconstructRequest(images=to_tensor(images), format=image_format(uint8))
+
+
 def read_images(tensor: vae_pb2.Tensor, n: int, shape: tuple[int, ...], uint8: bool) -> np.ndarray:
     images = from_tensor(tensor, "images")
     if images.shape[:1] != (n,) or images.size != n * int(np.prod(shape)):
@@ -140,3 +148,28 @@ def concat_samples(parts: list[SampleResult], latents: bool) -> SampleResult:
     images = np.concatenate([p.images for p in parts])
     z = np.concatenate([p.z for p in parts if p.z is not None]) if latents else None
     return SampleResult(images, z, 0)
+
+
+def as_latents(z: np.ndarray, d: int) -> np.ndarray:
+    """[D] or [N, D] latents as [N, D]; refused before a round trip when D is not the model's."""
+    if z.ndim == 1:
+        z = z[None]
+    if z.ndim != 2 or z.shape[1] != d:
+        raise ValueError(f"z must have shape [N, {d}], got {list(z.shape)}")
+    return z
+
+
+def join_encode(parts: list[EncodeResult], sample: bool, d: int) -> EncodeResult:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = np.zeros((0, d), np.float32)
+        return EncodeResult(empty, empty.copy(), empty.copy() if sample else None)
+    z = np.concatenate([p.z for p in parts if p.z is not None]) if sample else None
+    return EncodeResult(np.concatenate([p.mu for p in parts]), np.concatenate([p.logvar for p in parts]), z)
+
+
+def join_images(parts: list[np.ndarray], shape: tuple[int, ...], uint8: bool) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, *shape), np.uint8 if uint8 else np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from client.channel import DEFAULT_MAX_MESSAGE_BYTES, ChannelConfig, RetryPolicy, read_bytes
+from client.channel import DEFAULT_MAX_MESSAGE_BYTES, MAX_ATTEMPTS, ChannelConfig, RetryPolicy, read_bytes
 
 __all__ = ["add_connection_args", "configs_from_args", "ArgParser", "BadInput", "fail"]
 
@@ -36,10 +36,10 @@ def add_connection_args(p: argparse.ArgumentParser, *, default_timeout: float = 
     g.add_argument("--target", required=True, metavar="HOST:PORT" + many,
                    help="server address" + ("es; shards are spread over them" if many_targets else ""))
     g.add_argument("--timeout", type=float, default=default_timeout, metavar="S",
-                   help=f"deadline of each call attempt, seconds (default {default_timeout:g})")
+                   help=f"deadline of each call, its retries included, seconds (default {default_timeout:g})")
     g.add_argument("--retries", type=int, default=default_retries, metavar="N",
-                   help=f"attempts per call on UNAVAILABLE / RESOURCE_EXHAUSTED, with exponential "
-                        f"backoff (default {default_retries})")
+                   help=f"attempts per call on UNAVAILABLE / RESOURCE_EXHAUSTED, 1..{MAX_ATTEMPTS}, with "
+                        f"exponential backoff or the server's pushback (default {default_retries})")
     g.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     g.add_argument("--ca", metavar="PEM", help="CA bundle that signed the server certificate (implies --tls)")
     g.add_argument("--cert", metavar="PEM", help="client certificate, for servers that require mTLS")
@@ -75,10 +75,12 @@ def configs_from_args(args: argparse.Namespace, *, job_backoff: bool = False) ->
         host, _, port = t.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"--target {t!r} is not HOST:PORT")
-    if args.retries < 1:
-        raise ValueError(f"--retries must be >= 1, got {args.retries}")
-    # Jobs wait longer between attempts: a replica restarting takes seconds, not milliseconds.
-    retry = (RetryPolicy(max_attempts=args.retries, initial_backoff=0.25, max_backoff=8.0) if job_backoff
+    if not 1 <= args.retries <= MAX_ATTEMPTS:
+        raise ValueError(f"--retries must be 1..{MAX_ATTEMPTS} (gRPC's retry policy makes at most "
+                         f"{MAX_ATTEMPTS} attempts), got {args.retries}")
+    # Jobs wait longer between attempts: a replica restarting takes seconds, not milliseconds
+    # (0.5 + 1 + 2 + 4 s at most before the fifth attempt; each shard then has its own attempts).
+    retry = (RetryPolicy(max_attempts=args.retries, initial_backoff=0.5, max_backoff=8.0) if job_backoff
              else RetryPolicy(max_attempts=args.retries))
     root = read_bytes(args.ca, "--ca")
     cert = read_bytes(args.cert, "--cert")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidArgument, LimitExceeded, NotFound
+from service.errors import InvalidArgument, LimitExceeded
 from service.validation import MAX_ABS_LATENT, Validator
 
 __all__ = ["Endpoint", "RpcChecks", "METHODS", "DEFAULT_LOW", "DEFAULT_HIGH"]
@@ -32,22 +32,12 @@ class Endpoint:
 
 
 class RpcChecks:
-    def __init__(self, validator: Validator, model_name: str, model_version: str) -> None:
+    def __init__(self, validator: Validator) -> None:
         self.v = validator
-        self.model_name = model_name
-        self.model_version = model_version
 
     @property
     def max_rows(self) -> int:
         return self.v.limits.max_batch_per_request
-
-    def target(self, model: str, version: str) -> None:
-        """Empty means the served model; anything else must name it (one model per server here)."""
-        if model and model != self.model_name:
-            raise NotFound(f"model {model!r} is not served here (this server serves {self.model_name!r})")
-        if version and version != self.model_version:
-            raise NotFound(f"version {version!r} of model {self.model_name!r} is not served here "
-                           f"(served: {self.model_version!r})")
 
     def rows(self, rows: int, what: str) -> None:
         if rows > self.max_rows:

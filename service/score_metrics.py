@@ -13,6 +13,9 @@ A manifest without `reference.elbo_per_sample` gives the histogram on default bu
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,25 +52,67 @@ def score_buckets(q: dict[str, float] | None) -> tuple[float, ...]:
     return tuple(sorted(round(e, 6) for e in edges))
 
 
+@dataclass
+class _ScoreFamilies:
+    elbo: Histogram
+    images: Counter
+    below: Counter
+    reference: Gauge
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _ScoreFamilies] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+_LABELS = ["model", "version"]
+
+
+def _families(registry: CollectorRegistry, buckets: tuple[float, ...]) -> _ScoreFamilies:
+    """One set of families per registry, shared by every served version (labelled by model and
+    version). The histogram's bounds are fixed when it is created: those of the first version scored
+    into this registry (a one-model server: its own reference); the fraction below p01 and the
+    reference gauge are exact per version whatever the bounds."""
+    with _LOCK:
+        fam = _FAMILIES.get(registry)
+        if fam is None:
+            fam = _ScoreFamilies(
+                elbo=Histogram("vae_score_elbo_nats", "Per-image ELBO returned by Score, nats.", _LABELS,
+                               buckets=buckets, registry=registry),
+                images=Counter("vae_score_images", "Images scored by Score.", _LABELS, registry=registry),
+                below=Counter("vae_score_below_reference_p01",
+                              "Scored images whose ELBO is below the training split's 1st percentile.",
+                              _LABELS, registry=registry),
+                reference=Gauge("vae_score_reference_elbo_nats",
+                                "The training split's ELBO quantiles (manifest).", [*_LABELS, "quantile"],
+                                registry=registry))
+            _FAMILIES[registry] = fam
+        return fam
+
+
 class ScoreMetrics:
     def __init__(self, registry: CollectorRegistry, *, model_name: str, model_version: str,
                  reference: dict[str, Any] | None) -> None:
         self.quantiles = reference_quantiles(reference)
-        labels = {"model": model_name, "version": model_version}
-        self._elbo = Histogram("vae_score_elbo_nats", "Per-image ELBO returned by Score, nats.",
-                               list(labels), buckets=score_buckets(self.quantiles),
-                               registry=registry).labels(**labels)
-        self._images = Counter("vae_score_images", "Images scored by Score.", list(labels),
-                               registry=registry).labels(**labels)
+        self._key = (model_name, model_version)
+        self._fam = _families(registry, score_buckets(self.quantiles))
+        self._elbo = self._fam.elbo.labels(*self._key)
+        self._images = self._fam.images.labels(*self._key)
         self._below = None
         if self.quantiles is not None:
-            self._below = Counter("vae_score_below_reference_p01",
-                                  "Scored images whose ELBO is below the training split's 1st percentile.",
-                                  list(labels), registry=registry).labels(**labels)
-            ref = Gauge("vae_score_reference_elbo_nats", "The training split's ELBO quantiles (manifest).",
-                        [*labels, "quantile"], registry=registry)
+            self._below = self._fam.below.labels(*self._key)
             for key, value in self.quantiles.items():
-                ref.labels(**labels, quantile=key).set(value)
+                self._fam.reference.labels(*self._key, key).set(value)
+
+    def remove(self) -> None:
+        """Drop this version's series (an unloaded version stops being exported)."""
+        for family in (self._fam.elbo, self._fam.images, self._fam.below):
+            try:
+                family.remove(*self._key)
+            except KeyError:
+                pass
+        for key in _QUANTILE_KEYS:
+            try:
+                self._fam.reference.remove(*self._key, key)
+            except KeyError:
+                pass
 
     def observe(self, elbo: np.ndarray) -> None:
         """Fold one reply's per-image ELBOs in (a handful of numbers: cheap on the request path)."""

@@ -14,7 +14,6 @@ from client import AsyncVaeClient, RetryPolicy, VaeClient
 from client.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
-    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
     VaeRpcError,
@@ -133,8 +132,9 @@ def test_unreachable_target_is_retried_then_unavailable() -> None:
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
     with VaeClient(f"127.0.0.1:{port}", timeout=5, retry=policy) as c, pytest.raises(UnavailableError) as ei:
         c.info()
-    assert ei.value.attempts == 3 and ei.value.status == "UNAVAILABLE"
-    assert "after 3 attempts" in str(ei.value)
+    # gRPC's policy made the attempts (tests/client/test_client_retry.py counts them on a real server).
+    assert ei.value.retry_limit == 3 and ei.value.status == "UNAVAILABLE"
+    assert "up to 3 attempts" in str(ei.value)
 
 
 def test_silent_server_hits_the_deadline() -> None:
@@ -145,7 +145,7 @@ def test_silent_server_hits_the_deadline() -> None:
 
 
 class _FakeRpcError(grpc.RpcError):
-    """A status that a real server cannot be made to return on demand (RESOURCE_EXHAUSTED)."""
+    """Every status code, for the mapping table (the retries meet real ones in test_client_retry)."""
 
     def __init__(self, code: grpc.StatusCode) -> None:
         self._code = code
@@ -155,40 +155,6 @@ class _FakeRpcError(grpc.RpcError):
 
     def details(self) -> str:
         return "queue full"
-
-
-def test_retry_policy_backoff_is_bounded_and_exponential() -> None:
-    p = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0)
-    delays = list(p.delays())
-    assert len(delays) == 5
-    for k, d in enumerate(delays):
-        base = min(0.5, 0.1 * 2 ** k)
-        assert base * 0.5 <= d <= base
-    assert p.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED) and p.retryable(grpc.StatusCode.UNAVAILABLE)
-    assert not p.retryable(grpc.StatusCode.INVALID_ARGUMENT)
-
-
-def test_resource_exhausted_is_retried_then_raised(server: ServerThread) -> None:
-    policy = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
-    with VaeClient(server.target, retry=policy) as c:
-        calls: list[float] = []
-
-        def always_full(timeout: float) -> None:
-            calls.append(timeout)
-            raise _FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-        with pytest.raises(ResourceExhaustedError) as ei:
-            c._retrying("Sample", always_full, None)
-        assert len(calls) == 4 and ei.value.attempts == 4
-
-        outcomes = [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE]
-
-        def flaky(timeout: float) -> str:
-            if outcomes:
-                raise _FakeRpcError(outcomes.pop(0))
-            return "ok"
-
-        assert c._retrying("Sample", flaky, None) == "ok"
 
 
 def test_error_mapping_table() -> None:
@@ -216,14 +182,15 @@ def test_queue_full_server_still_serves_every_request_through_retries(tiny_model
         decoder._run = lambda x: (gate.wait(10), real(x))[1]
 
         async def go() -> list:
-            policy = RetryPolicy(max_attempts=30, initial_backoff=0.005, max_backoff=0.05)
+            policy = RetryPolicy(max_attempts=5, initial_backoff=0.2, max_backoff=5.0, multiplier=3.0)
             async with AsyncVaeClient(srv.target, retry=policy) as c:
                 return await asyncio.gather(*(c.sample(256, seed=s, uint8=True) for s in range(120)))
 
         results = asyncio.run(go())
         assert len(results) == 120 and all(r.images.shape == (256, 1, 8, 8) for r in results)
-        refused = srv.registry.get_sample_value("vae_requests_total",
-                                                {"method": "Sample", "code": "RESOURCE_EXHAUSTED"})
+        refused = sum(s.value for fam in srv.registry.collect() for s in fam.samples
+                      if s.name == "vae_requests_total" and s.labels["method"] == "Sample"
+                      and s.labels["code"] == "RESOURCE_EXHAUSTED")
         assert refused and refused > 0  # the queue did overflow, and every refused call was retried
 
 
