@@ -22,7 +22,7 @@ def score_main(argv: list[str]) -> int:
 
     p = ArgParser(prog="vae score", description="Score a dataset (ELBO per image, nats), chunked and "
                                                 "resumable; a CSV, a summary and a histogram PNG.")
-    add_connection_args(p, default_retries=8, many_targets=True)
+    add_connection_args(p, default_retries=5, many_targets=True)
     p.add_argument("--data", "--input", dest="data", required=True,
                    help="'digits', an IDX file (.gz or raw), .npz, .npy, or a folder of IDX or "
                         "PNG/JPEG files")
