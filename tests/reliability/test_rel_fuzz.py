@@ -242,7 +242,11 @@ def _edit_requests() -> st.SearchStrategy[vae_pb2.EditRequest]:
     scales = st.lists(st.floats(-3, 3, width=32) | floats32, max_size=8)
     clean = hnp.arrays(np.dtype("<f4"), (4,), elements=st.floats(-3, 3, width=32)).map(
         lambda a: _clean_latent(a).z)
-    return st.builds(build, optional_tensor, st.none() | clean | clean | tensors((1, 4)), scales, enums)
+    # Valid images too (not only random bytes), so that some requests get past the image checks.
+    images = hnp.arrays(np.dtype("<f4"), (1, 1, 8, 8), elements=st.floats(0, 1, width=32)).map(
+        lambda a: vae_pb2.Tensor(shape=[1, 1, 8, 8], dtype=vae_pb2.DATA_TYPE_FLOAT32, data=a.tobytes()))
+    return st.builds(build, optional_tensor | images | images, st.none() | clean | clean | tensors((1, 4)),
+                     scales, enums)
 
 
 LATENT_STRATEGIES = {
