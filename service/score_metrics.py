@@ -93,9 +93,11 @@ class ScoreMetrics:
         self.quantiles = reference_quantiles(reference)
         self._key = (model_name, model_version)
         self._fam = _families(registry, score_buckets(self.quantiles))
+        self._below: Any = None
+        if not model_name:  # the server's catch-all for calls that reach no model: no series at all
+            return
         self._elbo = self._fam.elbo.labels(*self._key)
         self._images = self._fam.images.labels(*self._key)
-        self._below = None
         if self.quantiles is not None:
             self._below = self._fam.below.labels(*self._key)
             for key, value in self.quantiles.items():
@@ -116,6 +118,8 @@ class ScoreMetrics:
 
     def observe(self, elbo: np.ndarray) -> None:
         """Fold one reply's per-image ELBOs in (a handful of numbers: cheap on the request path)."""
+        if not self._key[0]:  # the server's catch-all for calls that reach no model scores nothing
+            return
         finite = elbo[np.isfinite(elbo)]
         for v in finite.tolist():
             self._elbo.observe(v)
