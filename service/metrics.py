@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -67,7 +68,7 @@ class ServiceMetrics:
     """All metrics of one service instance, registered on `registry` (tests pass a fresh one)."""
 
     def __init__(self, registry: CollectorRegistry, *, model_name: str, model_version: str, provider: str,
-                 latent_dim: int, reference: dict | None, latent_stats: bool = True,
+                 latent_dim: int, reference: dict[str, Any] | None, latent_stats: bool = True,
                  window: int = DEFAULT_WINDOW, collapse_fraction: float = 0.5,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, interval: float = DEFAULT_INTERVAL_S,
                  min_images: int | None = None) -> None:
@@ -110,7 +111,7 @@ class ServiceMetrics:
         # per call, several per request on the serving path. The label sets are small and fixed
         # (methods, codes, graphs); prometheus-client returns the same child for the same labels, so
         # a racing first fill between threads is harmless.
-        self._children: dict[tuple[str, ...], tuple] = {}
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
 
         self.latent_stats = latent_stats
         self._closed = False
@@ -140,14 +141,14 @@ class ServiceMetrics:
         self._worker.start()
 
     # ---- request metrics (inline; prometheus-client is thread-safe) ----
-    def _method(self, method: str) -> tuple:
+    def _method(self, method: str) -> tuple[Any, ...]:
         key = ("method", method)
         c = self._children.get(key)
         if c is None:
             c = self._children[key] = (self._in_flight.labels(method), self._latency.labels(method))
         return c
 
-    def _graph(self, graph: str) -> tuple:
+    def _graph(self, graph: str) -> tuple[Any, ...]:
         key = ("graph", graph)
         c = self._children.get(key)
         if c is None:

@@ -69,7 +69,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         if isinstance(exc, NonFinite):
             self.metrics.nonfinite("input", exc.count)
         await context.abort(status, str(exc))
-        return status.name  # not reached: abort raises
+        return str(status.name)  # not reached: abort raises
 
     async def _call(self, method: str, context: grpc.aio.ServicerContext, work: Any) -> Any:
         """Run one unary handler body with request metrics and the error -> status mapping."""
