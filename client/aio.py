@@ -16,6 +16,7 @@ from client.channel import ChannelConfig
 from client.core import DriverBase
 from client.flow import Flow, IoStep, NextMessage, OpenStream, Program, Sleep, Stubs
 from client.messages import EncodeResult, SampleResult
+from client.pinning import ModelPin
 from client.planning import Plan
 from protos.vae.v1 import vae_pb2
 
@@ -30,8 +31,10 @@ class AsyncVaeClient(DriverBase):
     Create it inside the event loop that uses it (grpc.aio channels belong to one loop)."""
 
     def __init__(self, target: str | None = None, *, config: ChannelConfig | None = None,
-                 **kwargs: Any) -> None:
+                 model: str = "", version: str = "", pin: bool = False, **kwargs: Any) -> None:
         super().__init__(target, config, kwargs)
+        # Which model/version requests name; `pin=True` adopts the first reply's (see client.pinning).
+        self.pin = ModelPin(model, version, sticky=pin)
         self._channel = self.config.aio_channel()
         self._stubs = Stubs(self._channel)
 
@@ -48,12 +51,20 @@ class AsyncVaeClient(DriverBase):
     async def _perform(self, step: IoStep) -> Any:
         if isinstance(step, NextMessage):
             message = await step.stream.read()
-            return None if message is grpc.aio.EOF else message
+            if message is grpc.aio.EOF:
+                return None
+            self.pin.observe(message, "SampleStream")
+            return message
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
+        self.pin.stamp(step.request)
         call = self._stubs[step.method](step.request, timeout=step.timeout, metadata=self.config.metadata())
         # A unary call is awaited for its reply; a stream's call object is handed back to be read.
-        return call if isinstance(step, OpenStream) else await call
+        if isinstance(step, OpenStream):
+            return call
+        reply = await call
+        self.pin.observe(reply, step.method)
+        return reply
 
     async def _drive(self, program: Program[Any]) -> AsyncIterator[Any]:
         try:

@@ -14,8 +14,9 @@ import numpy as np
 
 from client.channel import ChannelConfig, make_config
 from client.core import DriverBase
-from client.flow import Flow, IoStep, NextMessage, Program, Sleep, Stubs
+from client.flow import Flow, IoStep, NextMessage, OpenStream, Program, Sleep, Stubs
 from client.messages import EncodeResult, SampleResult, as_latents, join_encode, join_images
+from client.pinning import ModelPin
 from client.planning import Plan
 from protos.vae.v1 import vae_pb2
 
@@ -28,8 +29,10 @@ class VaeClient(DriverBase):
     """Blocking client. `VaeClient("host:50051", token=..., timeout=10)` or `VaeClient(config=cfg)`."""
 
     def __init__(self, target: str | None = None, *, config: ChannelConfig | None = None,
-                 **kwargs: Any) -> None:
+                 model: str = "", version: str = "", pin: bool = False, **kwargs: Any) -> None:
         super().__init__(target, config, kwargs)
+        # Which model/version requests name; `pin=True` adopts the first reply's (see client.pinning).
+        self.pin = ModelPin(model, version, sticky=pin)
         self._channel = self.config.sync_channel()
         self._stubs = Stubs(self._channel)
 
@@ -45,11 +48,18 @@ class VaeClient(DriverBase):
     # -- the driver: perform each step by blocking -------------------------------------------------
     def _perform(self, step: IoStep) -> Any:
         if isinstance(step, NextMessage):
-            return next(step.stream, None)
+            message = next(step.stream, None)
+            if message is not None:
+                self.pin.observe(message, "SampleStream")
+            return message
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         # Unary or OpenStream: a sync stream call returns its iterator at once.
-        return self._stubs[step.method](step.request, timeout=step.timeout, metadata=self.config.metadata())
+        self.pin.stamp(step.request)
+        reply = self._stubs[step.method](step.request, timeout=step.timeout, metadata=self.config.metadata())
+        if not isinstance(step, OpenStream):
+            self.pin.observe(reply, step.method)
+        return reply
 
     def _drive(self, program: Program[Any]) -> Iterator[Any]:
         try:

@@ -20,6 +20,7 @@ import numpy as np
 from client.aio import AsyncVaeClient
 from client.channel import ChannelConfig
 from client.data import dataset_fingerprint
+from client.pinning import job_pin
 from client.runner import Outcome, connect, run_shards
 from client.shards import (
     ShardStore,
@@ -51,6 +52,8 @@ class EncodeJob:
     shard_index: int = 0
     attempts: int = 3
     progress: bool = True
+    model: str = ""             # model to ask for ("" = the server's default)
+    version: str = ""           # version to pin ("" = the version of the first reply)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -93,7 +96,8 @@ def _assemble(job: EncodeJob, store: ShardStore, total: int, params: dict[str, A
 async def run_encode(job: EncodeJob, images: np.ndarray,
                      configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
     """Encode this process's chunks of `images`; returns (outcome, manifest, chunks skipped)."""
-    clients, info = await connect(configs)
+    model, version = job_pin(parts_dir(job.out), job.model, job.version)
+    clients, info = await connect(configs, model=model, version=version)
     try:
         plan = await clients[0].plan()
         plan.check_images(images[:1])  # a clear error before any work when the shapes differ
@@ -102,7 +106,7 @@ async def run_encode(job: EncodeJob, images: np.ndarray,
         params = {"data_fingerprint": dataset_fingerprint(images), "n": int(len(images)),
                   "image_shape": list(images.shape[1:]), "chunk_size": job.chunk_size,
                   "model_name": info.model_name, "model_version": info.model_version,
-                  "manifest_sha256": info.manifest_sha256}
+                  "manifest_sha256": info.manifest_sha256, "model": info.model, "version": info.version}
         folder = parts_dir(job.out)
         folder.mkdir(parents=True, exist_ok=True)
         ensure_job_file(folder, JOB_KIND, params)

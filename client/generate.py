@@ -21,6 +21,7 @@ from client.aio import AsyncVaeClient
 from client.channel import ChannelConfig
 from client.errors import JobError
 from client.images import png_bytes
+from client.pinning import job_pin
 from client.runner import Outcome, connect, run_shards
 from client.shards import ShardStore, atomic_write_json, ensure_job_file, folder_lock, select_shards
 
@@ -48,6 +49,8 @@ class GenerateJob:
     shard_index: int = 0
     attempts: int = 3           # per shard, on top of each RPC's own retries
     progress: bool = True
+    model: str = ""             # model to ask for ("" = the server's default)
+    version: str = ""           # version to pin ("" = the version of the first reply)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -81,7 +84,7 @@ def _params(job: GenerateJob, info: Any) -> dict[str, Any]:
     return {"n": job.n, "shard_size": job.shard_size, "seed": job.seed, "temperature": job.temperature,
             "format": job.fmt, "model_name": info.model_name, "model_version": info.model_version,
             "manifest_sha256": info.manifest_sha256, "input_shape": list(info.input_shape),
-            "latent_dim": int(info.latent_dim)}
+            "latent_dim": int(info.latent_dim), "model": info.model, "version": info.version}
 
 
 async def _make_shard(job: GenerateJob, store: ShardStore, client: AsyncVaeClient, shard: int) -> int:
@@ -131,7 +134,8 @@ def write_manifest(job: GenerateJob, store: ShardStore, params: dict[str, Any]) 
 
 async def run_generate(job: GenerateJob, configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
     """Run this process's part of the job. Returns (outcome, manifest, shards skipped as verified)."""
-    clients, info = await connect(configs)
+    model, version = job_pin(job.out, job.model, job.version)
+    clients, info = await connect(configs, model=model, version=version)
     try:
         params = _params(job, info)
         job.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,9 @@ def _add_job_args(p: ArgParser, unit: str) -> None:
     p.add_argument("--shard-attempts", type=int, default=3, metavar="N",
                    help=f"tries per {unit}, each on the next target (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--model", default="", help="model to use (default: the server's default model)")
+    p.add_argument("--model-version", default="", metavar="V",
+                   help="version to use (default: the version of the first reply, kept for the whole job)")
 
 
 def resolve_split(num_shards: int, shard_index: int | None) -> tuple[int, int]:
@@ -86,7 +89,7 @@ def generate_main(argv: list[str]) -> int:
         job = GenerateJob(n=args.n, out=args.out, shard_size=args.shard_size, seed=args.seed,
                           temperature=args.temperature, fmt=args.format, concurrency=args.concurrency,
                           num_shards=num, shard_index=idx, attempts=args.shard_attempts,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, model=args.model, version=args.model_version)
     except (BadInput, ValueError) as exc:
         return fail("vae generate", str(exc).removeprefix("vae generate: "), 2)
     except SystemExit as exc:  # --help
@@ -121,7 +124,8 @@ def encode_main(argv: list[str]) -> int:
         num, idx = resolve_split(args.num_shards, args.shard_index)
         job = EncodeJob(data=args.data, out=args.out, chunk_size=args.chunk_size,
                         concurrency=args.concurrency, num_shards=num, shard_index=idx,
-                        attempts=args.shard_attempts, progress=not args.no_progress)
+                        attempts=args.shard_attempts, progress=not args.no_progress, model=args.model,
+                        version=args.model_version)
         images = load_dataset(args.data)
     except (BadInput, ValueError, DataError) as exc:
         return fail("vae encode", str(exc).removeprefix("vae encode: "), 2)

@@ -43,14 +43,20 @@ class Outcome:
     seconds: float = 0.0
 
 
-async def connect(configs: Sequence[ChannelConfig]) -> tuple[list[AsyncVaeClient], vae_pb2.ModelInfo]:
+async def connect(configs: Sequence[ChannelConfig], *, model: str = "",
+                  version: str = "") -> tuple[list[AsyncVaeClient], vae_pb2.ModelInfo]:
     """Open a client per target and read each one's ModelInfo. Unreachable targets are dropped with a
-    warning while at least one answers; all that answer must serve the same model (same manifest)."""
+    warning while at least one answers; all that answer must serve the same model (same manifest).
+
+    The job is pinned to one model version: the one asked for, else the version of the first reply
+    (see client.pinning); every other client is pinned to that same version."""
     clients: list[AsyncVaeClient] = []
     infos: list[vae_pb2.ModelInfo] = []
     errors: list[str] = []
     for cfg in configs:
-        c = AsyncVaeClient(config=cfg)
+        if clients:
+            model, version = clients[0].pin.model, clients[0].pin.version
+        c = AsyncVaeClient(config=cfg, model=model, version=version, pin=True)
         try:
             infos.append(await c.info())
             clients.append(c)

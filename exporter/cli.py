@@ -16,7 +16,13 @@ def build_export_parser() -> argparse.ArgumentParser:
         prog="vae export", description="Split a VAE checkpoint into verified encoder/decoder ONNX graphs "
         "plus manifest.json (nothing is written unless onnxruntime matches torch).")
     p.add_argument("source", type=Path, help="checkpoint file, or a run folder (its best.pt)")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="model folder to write")
+    out.add_argument("--repository", type=Path, default=None, metavar="REPO",
+                     help="model repository: write REPO/NAME/VERSION/ (VERSION = the next integer; "
+                          "needs --name)")
+    p.add_argument("--repository-version", type=int, default=None, metavar="N",
+                   help="with --repository: this version number instead of the next (never overwrites)")
     p.add_argument("--reference-data", "--data", dest="data", default=None, metavar="PATH",
                    help="recompute the latent reference statistics on the train split of these images "
                         "(default: the statistics the trainer stored in the checkpoint, or for an older "
@@ -64,11 +70,19 @@ def _summary(out: Path, m: dict[str, Any]) -> str:
 
 
 def export_main(argv: list[str]) -> int:
-    args = build_export_parser().parse_args(argv)
+    parser = build_export_parser()
+    args = parser.parse_args(argv)
     from exporter.errors import ExportError
     from exporter.export import export_model
+    from exporter.repository import version_dir
 
+    if args.repository is None and args.repository_version is not None:
+        parser.error("--repository-version needs --repository")
+    if args.repository is not None and not args.name:
+        parser.error("--repository needs --name (the model's folder in the repository)")
     try:
+        if args.repository is not None:
+            args.out, _ = version_dir(args.repository, args.name, args.repository_version)
         m = export_model(args.source, args.out, data=args.data, fp16=args.fp16, triton_dir=args.triton,
                          force=args.force, model_name=args.name, model_version=args.model_version)
     except ExportError as exc:

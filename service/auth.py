@@ -1,5 +1,7 @@
 """Bearer-token authentication: a server interceptor checking `authorization: Bearer <token>`.
 
+The scheme is matched in any letter case (`bearer`, `BEARER`): RFC 7235 section 2.1 makes
+authentication schemes case-insensitive; the token itself is compared exactly, in constant time.
 The health service is exempt: container and Kubernetes probes cannot send metadata, and health
 reveals nothing about the model. Everything else (VaeService, reflection) needs the token.
 """
@@ -19,7 +21,10 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped: base is Any
     def __init__(self, token: str, exempt: tuple[str, ...] = EXEMPT_PREFIXES) -> None:
-        self._expected = f"Bearer {token}".encode()
+        if not token or token != token.strip():
+            # Settings strip and refuse blank tokens; this guards any other caller.
+            raise ValueError("the bearer token must be non-empty, without surrounding whitespace")
+        self._expected = token.encode()
         self._exempt = exempt
 
     def _check(self, metadata: Any) -> str | None:
@@ -28,9 +33,12 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         if not values:
             return "missing bearer token: send metadata `authorization: Bearer <token>`"
         value = values[0]
-        given = value.encode() if isinstance(value, str) else bytes(value)
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        scheme, _, given = raw.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return "invalid bearer token: expected metadata `authorization: Bearer <token>`"
         # Constant-time comparison: the time taken must not reveal how much of the token matched.
-        if not hmac.compare_digest(given, self._expected):
+        if not hmac.compare_digest(given.strip(b" "), self._expected):
             return "invalid bearer token"
         return None
 

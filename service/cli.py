@@ -1,4 +1,5 @@
-"""`vae serve`: settings from flags and VAE_* variables, start, serve until SIGTERM/SIGINT, drain."""
+"""`vae serve`: settings from flags and VAE_* variables, start, serve until SIGTERM/SIGINT, drain;
+SIGHUP rescans the model repository (load what is new, drain and release what left)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ async def _serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        # SIGHUP: rescan the repository now (reloads are serialised inside the registry).
+        log.info("SIGHUP: rescanning the model repository")
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await server.start(warm=False)
     log.info("listening on %s:%d (provider %s, tls %s, mtls %s, auth %s, dynamic batching %s)%s",
              settings.host, port, server.provider, server.tls, server.mtls, server.auth,
@@ -62,6 +73,10 @@ def serve_main(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.tune_malloc:
+        from service.memory import tune_malloc
+
+        tune_malloc()  # before any gRPC or onnxruntime thread exists
     try:
         processes = settings.process_count()
         if processes > 1:
@@ -69,7 +84,12 @@ def serve_main(argv: Sequence[str]) -> int:
             from service.supervisor import run_group
 
             # Checked once here, so that a bad model folder is one line and exit 2, not N of them.
-            load_manifest(settings.model_dir, fp16=settings.fp16)
+            if settings.model_repository:
+                from service.repository import VersionPolicy, scan_repository
+
+                scan_repository(settings.model_repository, VersionPolicy.parse(settings.version_policy))
+            else:
+                load_manifest(settings.model_dir, fp16=settings.fp16)
             return run_group(settings, processes)
         return asyncio.run(_serve(settings))
     except (ModelError, SettingsError) as exc:

@@ -2,8 +2,10 @@
 
 Without this, grpc's server turns a protobuf DecodeError raised by the request deserializer into
 UNKNOWN with the Python exception class in the message. Each VaeService handler's deserializer is
-swapped for one that returns a marker instead of raising; the wrapped handler then aborts with
-INVALID_ARGUMENT before the servicer sees anything.
+swapped for one that returns a marker instead of raising. A handler decorated with service.calls.rpc
+(it carries GUARDED_ATTR) receives the marker and answers INVALID_ARGUMENT itself, counted in the
+request and error metrics like any other refusal; any other handler is wrapped here and aborts with
+INVALID_ARGUMENT before it sees anything.
 
 Why the handlers are wrapped once at registration (`add_guarded_servicer`) and not per call by a
 server interceptor: any grpc.aio interceptor sends every call through an extra coroutine chain and a
@@ -21,10 +23,15 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-__all__ = ["add_guarded_servicer"]
+__all__ = ["add_guarded_servicer", "UndecodableBody", "GUARDED_ATTR"]
+
+# Set on a handler function that handles an UndecodableBody request itself (service.calls.rpc).
+GUARDED_ATTR = "__vae_handles_undecodable__"
 
 
-class _Undecodable:
+class UndecodableBody:
+    """Stands for a request body that did not parse; `message` says so to the caller."""
+
     __slots__ = ("message",)
 
     def __init__(self, message: str) -> None:
@@ -36,7 +43,7 @@ def _safe(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes],
         try:
             return deserialize(data)
         except (DecodeError, ValueError, TypeError):
-            return _Undecodable(
+            return UndecodableBody(
                 f"the request body is not a valid message for {method} "
                 f"({len(data)} bytes); check the client's protos"
             )
@@ -66,8 +73,14 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
         "response_serializer": handler.response_serializer,
     }
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_guard_stream(handler.unary_stream), **kw)
-    return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary), **kw)
+        behavior = handler.unary_stream
+        if not getattr(behavior, GUARDED_ATTR, False):
+            behavior = _guard_stream(behavior)
+        return grpc.unary_stream_rpc_method_handler(behavior, **kw)
+    behavior = handler.unary_unary
+    if not getattr(behavior, GUARDED_ATTR, False):
+        behavior = _guard_unary(behavior)
+    return grpc.unary_unary_rpc_method_handler(behavior, **kw)
 
 
 def add_guarded_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, service: str,
@@ -83,7 +96,7 @@ def add_guarded_servicer(add_to_server: Callable[[Any, Any], None], servicer: An
 
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Undecodable):
+        if isinstance(request, UndecodableBody):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         return await behavior(request, context)
 
@@ -92,7 +105,7 @@ def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if isinstance(request, _Undecodable):
+        if isinstance(request, UndecodableBody):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         result = behavior(request, context)
         if inspect.isasyncgen(result):

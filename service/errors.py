@@ -15,6 +15,8 @@ __all__ = [
     "NotFound",
     "LimitExceeded",
     "QueueFull",
+    "Overloaded",
+    "Undecodable",
     "DeadlineExpired",
     "Cancelled",
     "Unavailable",
@@ -31,6 +33,9 @@ class ServiceError(Exception):
 
     status: str = "INTERNAL"  # a grpc.StatusCode name
     reason: str = "internal"  # the `reason` label of the error metric
+    # When set, the caller may retry after this many milliseconds: sent as the `retry-after-ms` and
+    # `grpc-retry-pushback-ms` trailers (the second is the one gRPC's own retry policy honours).
+    retry_after_ms: int | None = None
 
 
 class InvalidArgument(ServiceError):
@@ -51,6 +56,12 @@ class LimitExceeded(InvalidArgument):
     reason = "limit"
 
 
+class Undecodable(InvalidArgument):
+    """The request body does not parse as the method's request message."""
+
+    reason = "undecodable"
+
+
 class QueueFull(ServiceError):
     status = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
@@ -58,6 +69,18 @@ class QueueFull(ServiceError):
     def __init__(self, graph: str, max_queue: int) -> None:
         super().__init__(f"the {graph} queue is full ({max_queue} requests waiting, VAE_MAX_QUEUE); "
                          "retry with backoff")
+
+
+class Overloaded(ServiceError):
+    """The server already holds its most admitted calls (VAE_MAX_IN_FLIGHT)."""
+
+    status = "RESOURCE_EXHAUSTED"
+    reason = "overload"
+
+    def __init__(self, max_in_flight: int, retry_after_ms: int) -> None:
+        super().__init__(f"the server is at its limit of {max_in_flight} calls in flight "
+                         f"(VAE_MAX_IN_FLIGHT); retry after {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms
 
 
 class DeadlineExpired(ServiceError):

@@ -2,16 +2,16 @@
 
 Thin like the vae.v1 servicer: v2 tensors <-> numpy in kserve_tensors.py, model names and versions in
 kserve_models.py (a `ModelLookup`), and the same validator, batchers and metrics as vae.v1 (the
-`ServedModel` objects are the vae.v1 servicer's). ModelInfer runs inside the server's admission
-(`admit`: ready check, in-flight count for the drain, request metrics, error -> status mapping); the
-metadata calls answer while warming up and draining too, as vae.v1's GetModelInfo does.
+`ServedModel` objects are the vae.v1 servicer's). Every handler goes through the server's one wrapper
+(service.calls, `@rpc`: request metrics, error -> status mapping, INTERNAL for the unexpected);
+ModelInfer is admitted (ready check, in-flight bound, drain), the metadata and repository calls answer
+while warming up and draining too, as vae.v1's GetModelInfo does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -19,7 +19,8 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.inference import model_config_pb2 as mc
-from service.errors import InvalidArgument, NotFound, ServiceError, grpc_status, metric_reason
+from service.calls import CallGuard, rpc
+from service.errors import InvalidArgument, NotFound
 from service.kserve_models import (
     Endpoint,
     ModelLookup,
@@ -31,9 +32,8 @@ from service.kserve_models import (
 )
 from service.kserve_tensors import add_output, input_arrays
 from service.manifest import GraphSpec, TensorSpec
-from service.metrics import ServiceMetrics
 
-__all__ = ["InferenceServicer", "Admit", "add_inference_service", "SERVICE_NAME", "EXTENSIONS", "PLATFORM"]
+__all__ = ["InferenceServicer", "add_inference_service", "SERVICE_NAME", "EXTENSIONS", "PLATFORM"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Protocol extensions answered here (Triton's names): the repository index/load/unload and ModelConfig.
@@ -43,9 +43,6 @@ PLATFORM = "onnxruntime_onnx"
 _ACCEPTED = {"encoder": ("FP32", "FP16", "UINT8"), "decoder": ("FP32", "FP16")}
 # Parameters a load or unload request may carry and that mean nothing here (no dependents, no ensembles).
 _UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
-
-Admit = Callable[[str, grpc.aio.ServicerContext, Coroutine[Any, Any, Any]], Awaitable[Any]]
-
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
@@ -63,119 +60,94 @@ def _dims(spec: TensorSpec) -> list[int]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, *, lookup: ModelLookup, admit: Admit, metrics: ServiceMetrics,
+    def __init__(self, *, lookup: ModelLookup, calls: CallGuard,
                  ready: Callable[[], bool], server_name: str, server_version: str) -> None:
         self.lookup = lookup
-        self.admit = admit  # the vae.v1 servicer's admission + error wrapper
-        self.metrics = metrics
+        self.calls = calls  # the server's admission + metrics + error wrapper, shared with vae.v1
         self.ready = ready
         self.server_name = server_name
         self.server_version = server_version
 
-    async def _answer(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Any]) -> Any:
-        """A call outside admission (answered while warming up or draining): metrics and status."""
-        started = time.perf_counter()
-        self.metrics.request_started(method)
-        code = "OK"
-        try:
-            return await work()
-        except ServiceError as exc:
-            code = grpc_status(exc).name
-            self.metrics.error(metric_reason(exc))
-            await context.abort(grpc_status(exc), str(exc))
-        except Exception:
-            code = "INTERNAL"
-            raise
-        finally:
-            self.metrics.request_finished(method, code, time.perf_counter() - started)
+    @rpc("ServerLive", admit=False)
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)  # answering at all is liveness
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ServerLiveResponse:
-            return pb.ServerLiveResponse(live=True)  # answering at all is liveness
-        return await self._answer("ServerLive", context, work)
+    @rpc("ServerReady", admit=False)
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready())
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ServerReadyResponse:
-            return pb.ServerReadyResponse(ready=self.ready())
-        return await self._answer("ServerReady", context, work)
-
+    @rpc("ServerMetadata", admit=False)
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name=self.server_name, version=self.server_version,
-                                             extensions=list(EXTENSIONS))
-        return await self._answer("ServerMetadata", context, work)
+                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self.server_name, version=self.server_version,
+                                         extensions=list(EXTENSIONS))
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ModelReadyResponse:
-            # As Triton: an unknown model or version is not ready (not an error).
-            try:
-                endpoint = resolve(self.lookup, request.name, request.version)
-            except NotFound:
-                return pb.ModelReadyResponse(ready=False)
-            ready = self.ready() and state(self.lookup, endpoint).state == "READY"
-            return pb.ModelReadyResponse(ready=ready)
-        return await self._answer("ModelReady", context, work)
-
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ModelMetadataResponse:
+    @rpc("ModelReady", admit=False)
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        # As Triton: an unknown model or version is not ready (not an error).
+        try:
             endpoint = resolve(self.lookup, request.name, request.version)
-            spec = endpoint.model.spec(endpoint.graph)
-            return pb.ModelMetadataResponse(
-                name=endpoint.v2_name, versions=self._versions(endpoint.model.name), platform=PLATFORM,
-                inputs=[_metadata(t) for t in spec.inputs], outputs=[_metadata(t) for t in spec.outputs])
-        return await self._answer("ModelMetadata", context, work)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        ready = self.ready() and state(self.lookup, endpoint).state == "READY"
+        return pb.ModelReadyResponse(ready=ready)
+
+    @rpc("ModelMetadata", admit=False)
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        endpoint = resolve(self.lookup, request.name, request.version)
+        spec = endpoint.model.spec(endpoint.graph)
+        return pb.ModelMetadataResponse(
+            name=endpoint.v2_name, versions=self._versions(endpoint.model.name), platform=PLATFORM,
+            inputs=[_metadata(t) for t in spec.inputs], outputs=[_metadata(t) for t in spec.outputs])
 
     def _versions(self, name: str) -> list[str]:
         found = [m.version for m in self.lookup.serving() if m.name == name]
         return sorted(found, key=version_key)
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.ModelConfigResponse:
-            endpoint = resolve(self.lookup, request.name, request.version)
-            return pb.ModelConfigResponse(config=_config(endpoint))
-        return await self._answer("ModelConfig", context, work)
+    @rpc("ModelConfig", admit=False)
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        endpoint = resolve(self.lookup, request.name, request.version)
+        return pb.ModelConfigResponse(config=_config(endpoint))
 
+    @rpc("RepositoryIndex", admit=False)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
-                              context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.RepositoryIndexResponse:
-            _one_repository(request.repository_name)
-            reply = pb.RepositoryIndexResponse()
-            for entry in self.lookup.index():
-                if not request.ready or entry.state == "READY":
-                    reply.models.add(name=entry.name, version=entry.version, state=entry.state,
-                                     reason=entry.reason)
-            return reply
-        return await self._answer("RepositoryIndex", context, work)
+                              context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        _one_repository(request.repository_name)
+        reply = pb.RepositoryIndexResponse()
+        for entry in self.lookup.index():
+            if not request.ready or entry.state == "READY":
+                reply.models.add(name=entry.name, version=entry.version, state=entry.state,
+                                 reason=entry.reason)
+        return reply
 
+    @rpc("RepositoryModelLoad", admit=False)
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
-                                  context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.RepositoryModelLoadResponse:
-            _one_repository(request.repository_name)
-            if request.parameters:
-                raise InvalidArgument(f"load parameters {sorted(request.parameters)} are not supported "
-                                      "(models load from the repository as exported)")
-            await self.lookup.load(request.model_name)
-            return pb.RepositoryModelLoadResponse()
-        return await self._answer("RepositoryModelLoad", context, work)
+                                  context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        _one_repository(request.repository_name)
+        if request.parameters:
+            raise InvalidArgument(f"load parameters {sorted(request.parameters)} are not supported "
+                                  "(models load from the repository as exported)")
+        await self.lookup.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
+    @rpc("RepositoryModelUnload", admit=False)
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
-                                    context: grpc.aio.ServicerContext) -> Any:
-        async def work() -> pb.RepositoryModelUnloadResponse:
-            _one_repository(request.repository_name)
-            unknown = sorted(set(request.parameters) - _UNLOAD_PARAMETERS)
-            if unknown:
-                raise InvalidArgument(f"unload parameters {unknown} are not supported")
-            await self.lookup.unload(request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-        return await self._answer("RepositoryModelUnload", context, work)
+                                    context: grpc.aio.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        _one_repository(request.repository_name)
+        unknown = sorted(set(request.parameters) - _UNLOAD_PARAMETERS)
+        if unknown:
+            raise InvalidArgument(f"unload parameters {unknown} are not supported")
+        await self.lookup.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self.admit("ModelInfer", context, self._infer(request, context))
-
-    async def _infer(self, request: pb.ModelInferRequest,
-                     context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    @rpc("ModelInfer")
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         endpoint = resolve(self.lookup, request.model_name, request.model_version)
         require_ready(self.lookup, endpoint)
         model, graph = endpoint.model, endpoint.graph

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import Metric
 
 from service.errors import ModelError
 from service.latent_collector import LatentCollector, LatentState
 from service.latent_stats import LatentReference, LatentWindow, finite_rows
 
-__all__ = ["ServiceMetrics", "MetricsServer", "start_metrics_server", "DEFAULT_WINDOW"]
+__all__ = ["ServiceMetrics", "MetricsServer", "start_metrics_server", "DEFAULT_WINDOW", "load_failures"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,106 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _INFER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class _LatentHub:
+    """One collector per registry for the latent families of every served version: a registry refuses
+    two collectors with the same metric names, so each version's samples are merged here, labelled."""
+
+    def __init__(self) -> None:
+        self._members: dict[tuple[str, str], LatentCollector] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[str, str], collector: LatentCollector) -> None:
+        with self._lock:
+            self._members[key] = collector
+
+    def discard(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._members.pop(key, None)
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with what is served; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            members = sorted(self._members.items())
+        merged: dict[str, Metric] = {}
+        for (model, version), collector in members:
+            for fam in collector.collect():
+                out = merged.get(fam.name)
+                if out is None:
+                    out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                for smp in fam.samples:
+                    out.samples.append(smp._replace(labels={"model": model, "version": version,
+                                                            **smp.labels}))
+        yield from merged.values()
+
+
+@dataclass
+class _Families:
+    """The metric families of one registry, labelled by model and version first."""
+
+    requests: Counter
+    latency: Histogram
+    in_flight: Gauge
+    queue_wait: Histogram
+    inference: Histogram
+    batch: Histogram
+    errors: Counter
+    nonfinite: Counter
+    info: Info
+    dropped: Counter
+    latent: _LatentHub
+    load_failures: Counter
+
+
+_REGISTRY_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_FAMILIES_LOCK = threading.Lock()
+_MV = ["model", "version"]
+
+
+def _families(r: CollectorRegistry) -> _Families:
+    with _FAMILIES_LOCK:
+        fam = _REGISTRY_FAMILIES.get(r)
+        if fam is not None:
+            return fam
+        fam = _Families(
+            requests=Counter("vae_requests", "Finished RPCs by method and gRPC status code.",
+                             [*_MV, "method", "code"], registry=r),
+            latency=Histogram("vae_request_duration_seconds", "RPC latency, receipt to reply, seconds.",
+                              [*_MV, "method"], buckets=_LATENCY_BUCKETS, registry=r),
+            in_flight=Gauge("vae_requests_in_flight", "RPCs being handled now.", [*_MV, "method"],
+                            registry=r),
+            queue_wait=Histogram("vae_queue_wait_seconds",
+                                 "Time a request waited in the batching queue before inference, seconds.",
+                                 [*_MV, "graph"], buckets=_QUEUE_BUCKETS, registry=r),
+            inference=Histogram("vae_inference_duration_seconds",
+                                "onnxruntime run time of one (batched) call per graph, seconds.",
+                                [*_MV, "graph"], buckets=_INFER_BUCKETS, registry=r),
+            batch=Histogram("vae_batch_size", "Images per onnxruntime call per graph.", [*_MV, "graph"],
+                            buckets=_BATCH_BUCKETS, registry=r),
+            errors=Counter("vae_errors", "Errors by reason (invalid_argument, queue_full, deadline, ...).",
+                           [*_MV, "reason"], registry=r),
+            nonfinite=Counter("vae_nonfinite_values",
+                              "Non-finite (NaN/Inf) values seen in request inputs or model outputs.",
+                              [*_MV, "where"], registry=r),
+            info=Info("vae_model", "The served models: one series per model and version.", _MV, registry=r),
+            dropped=Counter("vae_latent_images_dropped",
+                            "Images left out of the latent statistics: queue_full (worker behind), "
+                            "nonfinite (NaN/Inf in mu or logvar), shape (wrong latent width).",
+                            [*_MV, "reason"], registry=r),
+            latent=_LatentHub(),
+            load_failures=Counter("vae_model_load_failures", "Model versions that failed verification, "
+                                  "loading or warm-up and were not served.", _MV, registry=r))
+        r.register(fam.latent)
+        _REGISTRY_FAMILIES[r] = fam
+        return fam
+
+
+def load_failures(registry: CollectorRegistry) -> Counter:
+    """The registry's `vae_model_load_failures_total{model,version}` counter (one per registry)."""
+    return _families(registry).load_failures
 
 
 @dataclass
@@ -71,42 +174,30 @@ class ServiceMetrics:
                  latent_dim: int, reference: dict[str, Any] | None, latent_stats: bool = True,
                  window: int = DEFAULT_WINDOW, collapse_fraction: float = 0.5,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, interval: float = DEFAULT_INTERVAL_S,
-                 min_images: int | None = None) -> None:
+                 min_images: int | None = None, served_version: str | None = None) -> None:
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if max_pending_bytes < 1 or not interval > 0:
             raise ValueError("max_pending_bytes must be >= 1 and interval > 0")
         self.latent_dim = latent_dim
         self.registry = registry
-        r = registry
-        self._requests = Counter("vae_requests", "Finished RPCs by method and gRPC status code.",
-                                 ["method", "code"], registry=r)
-        self._latency = Histogram("vae_request_duration_seconds", "RPC latency, receipt to reply, seconds.",
-                                  ["method"], buckets=_LATENCY_BUCKETS, registry=r)
-        self._in_flight = Gauge("vae_requests_in_flight", "RPCs being handled now.", ["method"], registry=r)
-        self._queue_wait = Histogram("vae_queue_wait_seconds",
-                                     "Time a request waited in the batching queue before inference, seconds.",
-                                     ["graph"], buckets=_QUEUE_BUCKETS, registry=r)
-        self._inference = Histogram("vae_inference_duration_seconds",
-                                    "onnxruntime run time of one (batched) call per graph, seconds.",
-                                    ["graph"], buckets=_INFER_BUCKETS, registry=r)
-        self._batch = Histogram("vae_batch_size", "Images per onnxruntime call per graph.", ["graph"],
-                                buckets=_BATCH_BUCKETS, registry=r)
-        self._errors = Counter("vae_errors",
-                               "Errors by reason (invalid_argument, queue_full, deadline, ...).",
-                               ["reason"], registry=r)
-        self._nonfinite = Counter("vae_nonfinite_values",
-                                  "Non-finite (NaN/Inf) values seen in request inputs or model outputs.",
-                                  ["where"], registry=r)
-        info = Info("vae_model", "The served model.", registry=r)
-        info.info({"name": model_name, "version": model_version, "provider": provider,
-                   "latent_dim": str(latent_dim)})
-        self._dropped = Counter("vae_latent_images_dropped",
-                                "Images left out of the latent statistics: queue_full (worker behind), "
-                                "nonfinite (NaN/Inf in mu or logvar), shape (wrong latent width).",
-                                ["reason"], registry=r)
+        # Every family carries the model and version that served: several versions share one registry
+        # (families are created once per registry, in _Families), each instance binds its own pair.
+        self.model = model_name
+        self.version = served_version if served_version is not None else model_version
+        self._key = (self.model, self.version)
+        fam = _families(registry)
+        self._fam = fam
+        self._requests, self._latency, self._in_flight = fam.requests, fam.latency, fam.in_flight
+        self._queue_wait, self._inference, self._batch = fam.queue_wait, fam.inference, fam.batch
+        self._errors, self._nonfinite, self._dropped = fam.errors, fam.nonfinite, fam.dropped
+        self._used: set[tuple[Any, tuple[str, ...]]] = set()
+        if model_name:  # the server's catch-all for calls that reach no model has no info series
+            fam.info.labels(*self._key).info({"name": model_name, "manifest_version": model_version,
+                                              "provider": provider, "latent_dim": str(latent_dim)})
+            self._used.add((fam.info, ()))
         for reason in ("queue_full", "nonfinite", "shape"):
-            self._dropped.labels(reason)
+            self._child(self._dropped, reason)
         # Labelled children cached by label values: `labels()` costs a lock, a tuple and a dict look-up
         # per call, several per request on the serving path. The label sets are small and fixed
         # (methods, codes, graphs); prometheus-client returns the same child for the same labels, so
@@ -135,25 +226,32 @@ class ServiceMetrics:
         self._bytes_lock = threading.Lock()
         self._interval = interval
         self._stop = threading.Event()
-        self._drop_full = self._dropped.labels("queue_full")
-        registry.register(LatentCollector(self._state, self._pending.__len__))
+        self._drop_full = self._child(self._dropped, "queue_full")
+        fam.latent.add(self._key, LatentCollector(self._state, self._pending.__len__))
         self._worker = threading.Thread(target=self._run, name="vae-latent-stats", daemon=True)
         self._worker.start()
 
     # ---- request metrics (inline; prometheus-client is thread-safe) ----
+    def _child(self, family: Any, *values: str) -> Any:
+        """The family's child for this model/version and `values`, remembered for removal at close."""
+        self._used.add((family, values))
+        return family.labels(*self._key, *values)
+
     def _method(self, method: str) -> tuple[Any, ...]:
         key = ("method", method)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = (self._in_flight.labels(method), self._latency.labels(method))
+            c = self._children[key] = (self._child(self._in_flight, method),
+                                       self._child(self._latency, method))
         return c
 
     def _graph(self, graph: str) -> tuple[Any, ...]:
         key = ("graph", graph)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = (self._queue_wait.labels(graph), self._inference.labels(graph),
-                                       self._batch.labels(graph))
+            c = self._children[key] = (self._child(self._queue_wait, graph),
+                                       self._child(self._inference, graph),
+                                       self._child(self._batch, graph))
         return c
 
     def request_started(self, method: str) -> None:
@@ -165,7 +263,7 @@ class ServiceMetrics:
         key = ("requests", method, code)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = (self._requests.labels(method, code),)
+            c = self._children[key] = (self._child(self._requests, method, code),)
         c[0].inc()
         latency.observe(seconds)
 
@@ -178,11 +276,11 @@ class ServiceMetrics:
         batch.observe(batch_size)
 
     def error(self, reason: str) -> None:
-        self._errors.labels(reason).inc()
+        self._child(self._errors, reason).inc()
 
     def nonfinite(self, where: str, count: int) -> None:
         if count > 0:
-            self._nonfinite.labels(where).inc(count)
+            self._child(self._nonfinite, where).inc(count)
 
     # ---- latent statistics (enqueue only; the worker does the arithmetic) ----
     def encoded(self, mu: np.ndarray, logvar: np.ndarray) -> None:
@@ -192,7 +290,7 @@ class ServiceMetrics:
         mu_a, lv_a = np.asarray(mu), np.asarray(logvar)
         n = mu_a.shape[0] if mu_a.ndim else 1
         if mu_a.shape != lv_a.shape or mu_a.ndim != 2 or mu_a.shape[1] != self.latent_dim:
-            self._dropped.labels("shape").inc(n)
+            self._child(self._dropped, "shape").inc(n)
             return
         # A copy: the caller may reuse its buffers once the reply is sent.
         self._enqueue(_Encoded(np.array(mu_a, dtype=np.float32), np.array(lv_a, dtype=np.float32)), n)
@@ -204,7 +302,7 @@ class ServiceMetrics:
         z_a = np.asarray(z)
         n = z_a.shape[0] if z_a.ndim else 1
         if z_a.ndim != 2 or z_a.shape[1] != self.latent_dim:
-            self._dropped.labels("shape").inc(n)
+            self._child(self._dropped, "shape").inc(n)
             return
         self._enqueue(_Latents(method, np.array(z_a, dtype=np.float32)), n)
 
@@ -242,6 +340,19 @@ class ServiceMetrics:
         self._worker.join(timeout)
         if self._worker.is_alive():
             log.warning("latent statistics worker did not stop within %.1fs", timeout)
+
+    def remove(self) -> None:
+        """Close, and drop every series of this model/version from the registry (an unloaded version
+        stops being exported instead of freezing at its last values)."""
+        self.close()
+        self._fam.latent.discard(self._key)
+        for family, values in self._used:
+            try:
+                family.remove(*self._key, *values)
+            except KeyError:
+                pass
+        self._used.clear()
+        self._children.clear()
 
     # ---- the background worker ----
     def _run(self) -> None:
@@ -283,7 +394,7 @@ class ServiceMetrics:
                 mu, lv = mu[ok], lv[ok]
             self._state.fold_encoded(mu, lv)
             if bad:
-                self._dropped.labels("nonfinite").inc(bad)
+                self._child(self._dropped, "nonfinite").inc(bad)
         by_method: dict[str, list[np.ndarray]] = {}
         for it in batch:
             if isinstance(it, _Latents):
@@ -293,7 +404,7 @@ class ServiceMetrics:
             ok = finite_rows(z)
             self._state.fold_latents(method, z[ok])
             if not ok.all():
-                self._dropped.labels("nonfinite").inc(int(z.shape[0] - ok.sum()))
+                self._child(self._dropped, "nonfinite").inc(int(z.shape[0] - ok.sum()))
 
 
 class MetricsServer:

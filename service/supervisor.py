@@ -212,6 +212,12 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signalled = True
 
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: each process rescans the model repository (service/registry.py)."""
+        for s in self.slots:
+            if s.proc is not None and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGHUP)
+
     def _drain(self) -> int:
         self.draining = True
         log.info("signal received: NOT_SERVING, draining %d processes (grace %.1f s)", self.n,
@@ -243,6 +249,7 @@ class Supervisor:
     # ---- the loop ----
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             if self.settings.metrics_port:
                 try:

@@ -55,6 +55,14 @@ async def _serve(settings: Settings, metrics: bool, control: asyncio.StreamReade
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:  # SIGHUP (forwarded by the parent): rescan the model repository
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     # Warm first, listen second (see the module docstring); start() reports NOT_SERVING until the
     # parent says the whole group is up.
     await server.warm_up()
@@ -102,6 +110,10 @@ async def _main(control_fd: int, report_fd: int) -> int:
     settings = Settings(**hello["settings"])
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[process {hello['index']}]: %(message)s")
+    if settings.tune_malloc:
+        from service.memory import tune_malloc
+
+        tune_malloc()  # before this process's gRPC server and sessions exist
     try:
         return await _serve(settings, bool(hello.get("metrics")), control, report_fd)
     except (ModelError, SettingsError) as exc:

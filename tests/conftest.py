@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repo root (for the packages) and this folder (for `from servers import ...`, the one set of test
+# servers) come first on the path, in every test folder.
+for _path in (str(ROOT), str(ROOT / "tests")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 # Two cores are shared by the test process and the servers it starts: keep torch from spinning both.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,11 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "client"))
-
-from client_helpers import ServerThread  # noqa: E402
+from servers import ROOT, ServerThread
 
 pytestmark = pytest.mark.timeout(300)
 TRAIN = ("--data digits --hidden 16 --latent-dim 2 --epochs 1 --batch-size 64 --no-grids --no-progress "

@@ -48,6 +48,9 @@ def test_stubs_import_and_name_the_service():
         "Sample",
         "Reconstruct",
         "SampleStream",
+        "ListModels",
+        "LoadModel",
+        "UnloadModel",
     }
     assert hasattr(vae_pb2_grpc, "VaeServiceStub")
 

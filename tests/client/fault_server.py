@@ -7,14 +7,13 @@ Its model is a toy: images 1x2x2 uint8, sample i of seed s is filled with (7 s +
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from servers import LoopThread
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -113,7 +112,7 @@ class _Servicer(vae_pb2_grpc.VaeServiceServicer):
         return vae_pb2.DecodeResponse(images=_tensor(images))
 
 
-class FaultServer:
+class FaultServer(LoopThread):
     """`with FaultServer() as srv: srv.fail("Sample", Fault(RESOURCE_EXHAUSTED, "150")); srv.target`.
 
     Runs in its own thread and event loop, so blocking and asyncio clients can both call it."""
@@ -122,8 +121,7 @@ class FaultServer:
         self.script: dict[str, list[Fault]] = {}
         self.attempts: list[Attempt] = []
         self.cancelled = 0               # SampleStreams the client cancelled before their end
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="fault-server")
+        super().__init__("fault-server")
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -145,13 +143,12 @@ class FaultServer:
         await self.server.start()
 
     def __enter__(self) -> FaultServer:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        self._open(self._start())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.server is not None:
-            asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
+        try:
+            if self.server is not None:
+                self.call(self.server.stop(0), timeout=30)
+        finally:
+            self._close()

@@ -147,8 +147,7 @@ def test_png_format(server, tmp_path: Path) -> None:
 
 
 def test_server_restarted_mid_job_still_completes(tiny_model_dir, tmp_path: Path) -> None:
-    port = free_port()
-    srv = ServeProcess(tiny_model_dir, port, tmp_path / "serve.log").start()
+    srv = ServeProcess(tiny_model_dir, tmp_path / "serve.log").start()
     out = tmp_path / "restart"
     job = subprocess.Popen([*VAE, "generate", "--target", srv.target, "--out", str(out), "--n", "600",
                             "--shard-size", "3", "--seed", "5", "--concurrency", "1", "--no-progress",
@@ -246,7 +245,7 @@ def test_encode_job_resumes_and_matches_the_client(server, tmp_path: Path, capsy
 
 
 def test_server_gone_for_good_fails_naming_shards_then_resumes(tiny_model_dir, tmp_path: Path) -> None:
-    srv = ServeProcess(tiny_model_dir, free_port(), tmp_path / "serve.log").start()
+    srv = ServeProcess(tiny_model_dir, tmp_path / "serve.log").start()
     out = tmp_path / "gone"
     cmd = [*VAE, "generate", "--target", srv.target, "--out", str(out), "--n", "600", "--shard-size", "3",
            "--seed", "8", "--concurrency", "2", "--no-progress", "--retries", "2", "--shard-attempts", "2"]

@@ -52,7 +52,7 @@ def two(model_dir, tiny_conv_model_dir):
         try:
             first = srv.server
             assert first is not None
-            mlp, conv = first.lookup.model, other.lookup.model
+            mlp, conv = first.lookup.serving()[0], other.lookup.serving()[0]
             first.inference.lookup = Repository([
                 dataclasses.replace(mlp, version="1"), dataclasses.replace(conv, version="2"),
                 dataclasses.replace(conv, name="other", version="7")])

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from servers import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / ".perf-analyzer" / "root" / "pa" / "perf_analyzer" / "bin" / "perf_analyzer"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,15 +25,9 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("graph", ["encoder", "decoder"])
-def test_perf_analyzer_measures_both_graphs(model_dir, graph):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir), "--host",
-         "127.0.0.1", "--port", "0", "--metrics-port", "0", "--grace-seconds", "2"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        port = next(int(m.group(1)) for line in proc.stderr
-                    if (m := re.search(r"listening on [^ ]+:(\d+)", line)))
+def test_perf_analyzer_measures_both_graphs(model_dir, graph, tmp_path):
+    with ServeProcess(Path(model_dir), tmp_path / "vae-serve.log", "--grace-seconds", "2") as srv:
+        port = srv.port
         name = json.loads((Path(model_dir) / "manifest.json").read_text())["model"]["name"]
         run = subprocess.run(
             ["bash", str(ROOT / "scripts" / "perf_analyzer.sh"), "run", f"127.0.0.1:{port}",
@@ -43,6 +36,3 @@ def test_perf_analyzer_measures_both_graphs(model_dir, graph):
         assert run.returncode == 0, run.stdout + run.stderr
         assert re.search(r"Concurrency: 2, throughput: [\d.]+ infer/sec", run.stdout), run.stdout
         assert "error" not in run.stdout.lower(), run.stdout
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -23,6 +23,7 @@ import pytest
 from e2e_helpers import stub_for, tensor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
 
 from protos.vae.v1 import vae_pb2
 
@@ -33,18 +34,12 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="nee
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Group:
     """The parent process; its log is a file the tests read."""
 
     def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
         self.log_path = log
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()  # metrics_port=0 means no metrics server
         cmd = [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir),
                "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(self.metrics_port),
                "--processes", "2", "--grace-seconds", "5", *extra]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from e2e_helpers import array, stub_for, tensor
+from servers import ServeProcess
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
@@ -62,30 +61,10 @@ def _wire() -> dict:
 
 
 @pytest.fixture()
-def served(model_dir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir), "--host",
-         "127.0.0.1", "--port", "0", "--metrics-port", "0", "--grace-seconds", "2"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        port = 0
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if m := re.search(r"listening on [^ ]+:(\d+)", line):
-                port = int(m.group(1))
-                break
-        assert port, "vae serve exited before listening:\n" + "".join(lines)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=30)
-            yield port, ch
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        finally:
-            proc.kill()
+def served(model_dir, tmp_path):
+    with ServeProcess(model_dir, tmp_path / "vae-serve.log", "--grace-seconds", "2") as srv, \
+            grpc.insecure_channel(srv.target) as ch:
+        yield srv.port, ch
 
 
 def test_tritonclient_sync_and_aio_match_vae_v1(served, tmp_path):

@@ -9,19 +9,20 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from obs_helpers import ServiceThread, array, sample, scrape, tensor, wait_for
+from obs_helpers import array, sample, scrape, tensor, wait_for
 from prometheus_client import CollectorRegistry
+from servers import ServerThread
 
 from protos.vae.v1 import vae_pb2
 
 
 @pytest.fixture(scope="module")
-def service(tiny_model_dir: Path) -> Iterator[ServiceThread]:
-    with ServiceThread(tiny_model_dir, CollectorRegistry(), max_queue_delay_ms=0.0) as srv:
+def service(tiny_model_dir: Path) -> Iterator[ServerThread]:
+    with ServerThread(tiny_model_dir, CollectorRegistry(), metrics=True, max_queue_delay_ms=0.0) as srv:
         yield srv
 
 
-def test_metrics_after_known_requests(service: ServiceThread, digits: np.ndarray) -> None:
+def test_metrics_after_known_requests(service: ServerThread, digits: np.ndarray) -> None:
     channel, stub = service.stub()
     port = service.metrics_port
     mus, lvs = [], []

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from obs_helpers import per_dim, value
+from obs_helpers import find, per_dim, value
 from prometheus_client import CollectorRegistry
 
 from service.metrics import ServiceMetrics
@@ -83,8 +83,8 @@ def test_collapse_gauge_responds_to_one_repeated_image(make, encoder, digits) ->
 def test_collapse_and_drift_wait_for_a_warm_window(make, encoder, digits) -> None:  # type: ignore[no-untyped-def]
     m, reg = make(min_images=100)
     _feed(m, encoder, np.repeat(digits[:1], 20, axis=0))
-    assert reg.get_sample_value("vae_latent_collapse") is None
-    assert reg.get_sample_value("vae_latent_drift_score") is None
+    assert find(reg, "vae_latent_collapse") is None
+    assert find(reg, "vae_latent_drift_score") is None
     assert value(reg, "vae_latent_window_images") == pytest.approx(20)
     _feed(m, encoder, np.repeat(digits[:1], 100, axis=0))
     assert value(reg, "vae_latent_collapse") == 1

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from obs_helpers import ServiceThread, free_port, tensor, wait_for
+from obs_helpers import tensor, wait_for
 from prometheus_client import CollectorRegistry
+from servers import ServerThread, free_port
 
 from protos.vae.v1 import vae_pb2
 
@@ -48,9 +49,9 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceThread,
+def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread,
                                                                                            Prometheus]]:
-    with ServiceThread(tiny_model_dir, CollectorRegistry()) as srv:
+    with ServerThread(tiny_model_dir, CollectorRegistry(), metrics=True) as srv:
         tmp = tmp_path_factory.mktemp("prometheus")
         prom_port = free_port()
         config = tmp / "prometheus.yml"
@@ -85,7 +86,7 @@ def _ready(base: str) -> bool:
         return False
 
 
-def _encode_all(srv: ServiceThread, images: np.ndarray, batch: int = 50) -> None:
+def _encode_all(srv: ServerThread, images: np.ndarray, batch: int = 50) -> None:
     channel, stub = srv.stub()
     with channel:
         for start in range(0, len(images), batch):

@@ -108,3 +108,33 @@ def test_slow_clients_do_not_starve_others(tiny_model_dir: Path, tmp_path: Path)
         )
         assert during - before < 128 * MIB
         assert serving(srv.target) and _normal_calls(srv.target, 5) == 5
+
+
+OVERSIZED = 30
+
+
+def test_oversized_requests_leave_rss_flat(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Default settings: the receive limit is derived from the model (the largest valid request plus
+    headroom, not 64 MiB), so Decodes of 32 MiB, each beyond any valid request, are refused by grpc
+    before the server holds them, and resident memory stays where it was."""
+    with ServeProcess(tiny_model_dir, tmp_path / "serve.log") as srv:
+        assert _normal_calls(srv.target, 20) == 20  # warm
+        before = rss_bytes(srv.pid)
+        z = tensor(np.zeros((2 * MIB, 4), np.float32))  # 32 MiB of latents: under the old 64 MiB default
+        request = vae_pb2.DecodeRequest(z=z)
+        codes = []
+        with grpc.insecure_channel(srv.target, options=[("grpc.max_send_message_length", 64 * MIB)]) as ch:
+            stub = vae_pb2_grpc.VaeServiceStub(ch)
+            for _ in range(OVERSIZED):
+                try:
+                    stub.Decode(request, timeout=60)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+        after = rss_bytes(srv.pid)
+        assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * OVERSIZED
+        print(f"\noversized with the derived limit: {OVERSIZED} Decodes of 32 MiB -> {OVERSIZED} "
+              f"RESOURCE_EXHAUSTED; server RSS {before / MIB:.1f} -> {after / MIB:.1f} MiB "
+              f"({(after - before) / before:+.1%})")
+        assert abs(after - before) <= 0.2 * before
+        assert serving(srv.target) and _normal_calls(srv.target, 5) == 5

@@ -103,8 +103,8 @@ def test_relabel_merges_families_and_keeps_counters_exact(manifest: dict) -> Non
     registry.register(Fixed())  # type: ignore[arg-type]
     text = generate_latest(registry).decode()
     assert text.count("# TYPE vae_requests_total counter") == 1
-    assert 'vae_requests_total{code="OK",method="Decode",process="0"} 3.0' in text
-    assert 'vae_requests_total{code="OK",method="Decode",process="1"} 5.0' in text
+    assert 'vae_requests_total{code="OK",method="Decode",model="m",process="0",version="1"} 3.0' in text
+    assert 'vae_requests_total{code="OK",method="Decode",model="m",process="1",version="1"} 5.0' in text
     # Too few images for a verdict: no pooled collapse/drift, as a single window would say nothing yet.
     add_pooled(families)
     assert "vae_latent_collapse" not in families

@@ -24,41 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.vae.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x15\n\x13GetModelInfoRequest\"\xca\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x03\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x03\x12\x1d\n\x15max_batch_per_request\x18\x03 \x01(\r\x12\x14\n\x0cmax_sample_n\x18\x04 \x01(\r\x12\x14\n\x0cmax_stream_n\x18\x05 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_chunk_size\x18\x07 \x01(\r\"\xa1\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x1e\n\x06limits\x18\x07 \x01(\x0b\x32\x0e.vae.v1.Limits\x12\x17\n\x0fmanifest_sha256\x18\x08 \x01(\t\x12\x18\n\x10\x64ynamic_batching\x18\t \x01(\x08\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12%\n\x0bgraph_dtype\x18\x0b \x01(\x0e\x32\x10.vae.v1.DataType\"[\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"g\n\x0e\x45ncodeResponse\x12\x1a\n\x02mu\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\"O\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\xb1\x01\n\rSampleRequest\x12\t\n\x01n\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x16\n\x0ereturn_latents\x18\x05 \x01(\x08\x12\x12\n\nchunk_size\x18\x06 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperature\"[\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"Y\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"5\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*]\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_FORMAT_FLOAT32\x10\x01\x12\x16\n\x12IMAGE_FORMAT_UINT8\x10\x02\x32\x80\x03\n\nVaeService\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12?\n\x0cSampleStream\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.vae.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"5\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xca\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x03\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x03\x12\x1d\n\x15max_batch_per_request\x18\x03 \x01(\r\x12\x14\n\x0cmax_sample_n\x18\x04 \x01(\r\x12\x14\n\x0cmax_stream_n\x18\x05 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_chunk_size\x18\x07 \x01(\r\"\xc1\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x1e\n\x06limits\x18\x07 \x01(\x0b\x32\x0e.vae.v1.Limits\x12\x17\n\x0fmanifest_sha256\x18\x08 \x01(\t\x12\x18\n\x10\x64ynamic_batching\x18\t \x01(\x08\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12%\n\x0bgraph_dtype\x18\x0b \x01(\x0e\x32\x10.vae.v1.DataType\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"{\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06sample\x18\x02 \x01(\x08\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x07\n\x05_seed\"\x87\x01\n\x0e\x45ncodeResponse\x12\x1a\n\x02mu\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"o\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"P\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\xd1\x01\n\rSampleRequest\x12\t\n\x01n\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x16\n\x0ereturn_latents\x18\x05 \x01(\x08\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\tB\x07\n\x05_seedB\x0e\n\x0c_temperature\"{\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01z\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"y\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"U\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05model\x18\x0e \x01(\t\x12\x0f\n\x07version\x18\x0f \x01(\t\"\x13\n\x11ListModelsRequest\"}\n\x12ModelVersionStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10manifest_version\x18\x05 \x01(\t\x12\x0e\n\x06latest\x18\x06 \x01(\x08\"Y\n\x12ListModelsResponse\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.vae.v1.ModelVersionStatus\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"A\n\x11LoadModelResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.vae.v1.ModelVersionStatus\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"C\n\x13UnloadModelResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.vae.v1.ModelVersionStatus*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*]\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_FORMAT_FLOAT32\x10\x01\x12\x16\n\x12IMAGE_FORMAT_UINT8\x10\x02\x32\xcf\x04\n\nVaeService\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12?\n\x0cSampleStream\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse0\x01\x12\x43\n\nListModels\x12\x19.vae.v1.ListModelsRequest\x1a\x1a.vae.v1.ListModelsResponse\x12@\n\tLoadModel\x12\x18.vae.v1.LoadModelRequest\x1a\x19.vae.v1.LoadModelResponse\x12\x46\n\x0bUnloadModel\x12\x1a.vae.v1.UnloadModelRequest\x1a\x1b.vae.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vae.v1.vae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=1368
-  _globals['_DATATYPE']._serialized_end=1472
-  _globals['_IMAGEFORMAT']._serialized_start=1474
-  _globals['_IMAGEFORMAT']._serialized_end=1567
+  _globals['_DATATYPE']._serialized_start=2170
+  _globals['_DATATYPE']._serialized_end=2274
+  _globals['_IMAGEFORMAT']._serialized_start=2276
+  _globals['_IMAGEFORMAT']._serialized_end=2369
   _globals['_TENSOR']._serialized_start=28
   _globals['_TENSOR']._serialized_end=98
   _globals['_GETMODELINFOREQUEST']._serialized_start=100
-  _globals['_GETMODELINFOREQUEST']._serialized_end=121
-  _globals['_LIMITS']._serialized_start=124
-  _globals['_LIMITS']._serialized_end=326
-  _globals['_MODELINFO']._serialized_start=329
-  _globals['_MODELINFO']._serialized_end=618
-  _globals['_ENCODEREQUEST']._serialized_start=620
-  _globals['_ENCODEREQUEST']._serialized_end=711
-  _globals['_ENCODERESPONSE']._serialized_start=713
-  _globals['_ENCODERESPONSE']._serialized_end=816
-  _globals['_DECODEREQUEST']._serialized_start=818
-  _globals['_DECODEREQUEST']._serialized_end=897
-  _globals['_DECODERESPONSE']._serialized_start=899
-  _globals['_DECODERESPONSE']._serialized_end=947
-  _globals['_SAMPLEREQUEST']._serialized_start=950
-  _globals['_SAMPLEREQUEST']._serialized_end=1127
-  _globals['_SAMPLERESPONSE']._serialized_start=1129
-  _globals['_SAMPLERESPONSE']._serialized_end=1220
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=1222
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=1311
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1313
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1366
-  _globals['_VAESERVICE']._serialized_start=1570
-  _globals['_VAESERVICE']._serialized_end=1954
+  _globals['_GETMODELINFOREQUEST']._serialized_end=153
+  _globals['_LIMITS']._serialized_start=156
+  _globals['_LIMITS']._serialized_end=358
+  _globals['_MODELINFO']._serialized_start=361
+  _globals['_MODELINFO']._serialized_end=682
+  _globals['_ENCODEREQUEST']._serialized_start=684
+  _globals['_ENCODEREQUEST']._serialized_end=807
+  _globals['_ENCODERESPONSE']._serialized_start=810
+  _globals['_ENCODERESPONSE']._serialized_end=945
+  _globals['_DECODEREQUEST']._serialized_start=947
+  _globals['_DECODEREQUEST']._serialized_end=1058
+  _globals['_DECODERESPONSE']._serialized_start=1060
+  _globals['_DECODERESPONSE']._serialized_end=1140
+  _globals['_SAMPLEREQUEST']._serialized_start=1143
+  _globals['_SAMPLEREQUEST']._serialized_end=1352
+  _globals['_SAMPLERESPONSE']._serialized_start=1354
+  _globals['_SAMPLERESPONSE']._serialized_end=1477
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=1479
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=1600
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1602
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1687
+  _globals['_LISTMODELSREQUEST']._serialized_start=1689
+  _globals['_LISTMODELSREQUEST']._serialized_end=1708
+  _globals['_MODELVERSIONSTATUS']._serialized_start=1710
+  _globals['_MODELVERSIONSTATUS']._serialized_end=1835
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1837
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1926
+  _globals['_LOADMODELREQUEST']._serialized_start=1928
+  _globals['_LOADMODELREQUEST']._serialized_end=1978
+  _globals['_LOADMODELRESPONSE']._serialized_start=1980
+  _globals['_LOADMODELRESPONSE']._serialized_end=2045
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2047
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2099
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=2101
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=2168
+  _globals['_VAESERVICE']._serialized_start=2372
+  _globals['_VAESERVICE']._serialized_end=2963
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,21 @@ class VaeServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/vae.v1.VaeService/ListModels',
+                request_serializer=vae_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/vae.v1.VaeService/LoadModel',
+                request_serializer=vae_dot_v1_dot_vae__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/vae.v1.VaeService/UnloadModel',
+                request_serializer=vae_dot_v1_dot_vae__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class VaeServiceServicer:
@@ -113,6 +128,29 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every model and version the server knows, with its state (loading, ready, draining, failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Load (or reload) a model from the repository by its version policy, or one given version;
+        verified and warmed up before it takes traffic. Guarded by the auth token when one is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stop serving a model (every version, or one): new requests go elsewhere, in-flight ones finish,
+        then its sessions are released. The repository poller leaves it unloaded until LoadModel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +183,21 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.SampleStream,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.SampleRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.SampleResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.ListModelsRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.LoadModelRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.UnloadModelRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +363,87 @@ class VaeService:
             '/vae.v1.VaeService/SampleStream',
             vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/ListModels',
+            vae_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/LoadModel',
+            vae_dot_v1_dot_vae__pb2.LoadModelRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/UnloadModel',
+            vae_dot_v1_dot_vae__pb2.UnloadModelRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
