@@ -66,7 +66,7 @@ test-container: $(STAMP) containerdeps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy contracts service exporter client
+	$(VENV)/bin/mypy contracts service exporter client trainer vae_cli protos/generate.py
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

@@ -80,12 +80,14 @@ def _read_latents(spec: str) -> np.ndarray:
     path = Path(spec)
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            arr: np.ndarray = np.load(path, allow_pickle=False)
+            return arr
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 for key in ("z", "latents", "mu"):
                     if key in z:
-                        return z[key]
+                        found: np.ndarray = z[key]
+                        return found
                 raise DataError(f"{path}: no 'z', 'latents' or 'mu' array in {list(z.keys())}")
         return np.asarray(json.loads(spec), dtype=np.float32)
     except (OSError, ValueError) as exc:

@@ -56,7 +56,7 @@ class VaeRpcError(VaeClientError):
     @property
     def status(self) -> str:
         """The status code's name, e.g. ``"INVALID_ARGUMENT"``."""
-        return self.code.name
+        return str(self.code.name)  # grpc ships no type information: name is Any to mypy
 
 
 class InvalidArgumentError(VaeRpcError):

@@ -72,7 +72,8 @@ class Stubs:
     Methods added to vae.v1 are reachable here with no change."""
 
     def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
-        self._vae = vae_pb2_grpc.VaeServiceStub(channel)
+        # grpc_tools writes the *_pb2_grpc modules without annotations (and without a .pyi).
+        self._vae = vae_pb2_grpc.VaeServiceStub(channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(channel)
 
     def __getitem__(self, method: str) -> Any:

@@ -111,7 +111,7 @@ async def _make_shard(job: GenerateJob, store: ShardStore, client: AsyncVaeClien
         pngs = {f"{a + i:08d}.png": png_bytes(img) for i, img in enumerate(arrays["images"])}
     record = dict(exp, temperature=job.temperature)
     await asyncio.to_thread(store.write, shard, arrays, record, pngs)
-    return count
+    return int(count)
 
 
 def write_manifest(job: GenerateJob, store: ShardStore, params: dict[str, Any]) -> dict[str, Any]:

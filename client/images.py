@@ -15,7 +15,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """float in [0, 1] -> uint8 by rounding (uint8 passes through)."""
     if images.dtype == np.uint8:
         return images
-    return np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return out
 
 
 def _pil(image_chw: np.ndarray) -> object:

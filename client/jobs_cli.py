@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from client.errors import DataError, JobError, VaeClientError
 from client.options import ArgParser, BadInput, add_connection_args, configs_from_args, fail
@@ -50,7 +51,7 @@ def resolve_split(num_shards: int, shard_index: int | None) -> tuple[int, int]:
     return num_shards, shard_index
 
 
-def _summary(what: str, out: Outcome, skipped: int, manifest: dict, where: Path, unit: str) -> int:
+def _summary(what: str, out: Outcome, skipped: int, manifest: dict[str, Any], where: Path, unit: str) -> int:
     rate = out.images / out.seconds if out.seconds > 0 else 0.0
     print(f"{what}: {len(out.done)} {unit}s written, {skipped} already done, {len(out.failed)} failed; "
           f"{out.images} images in {out.seconds:.1f} s ({rate:,.0f} images/s)", file=sys.stderr)

@@ -19,7 +19,7 @@ __all__ = ["TokenAuthInterceptor", "EXEMPT_PREFIXES"]
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped: base is Any
     def __init__(self, token: str, exempt: tuple[str, ...] = EXEMPT_PREFIXES) -> None:
         if not token or token != token.strip():
             # Settings strip and refuse blank tokens; this guards any other caller.

@@ -194,7 +194,7 @@ class CallGuard:
 def _code_name(context: grpc.aio.ServicerContext) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)  # grpc is untyped: name is Any to mypy
     return "UNKNOWN"
 
 

@@ -48,7 +48,8 @@ def relabel(text: str, process: str, into: dict[str, Metric]) -> None:
 
 def _fetch(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_S) as r:
-        return r.read().decode("utf-8")
+        body: bytes = r.read()
+        return body.decode("utf-8")
 
 
 class ProcessScraper:

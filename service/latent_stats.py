@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def gaussian_kl_diag(m1: np.ndarray, v1: np.ndarray, m2: np.ndarray, v2: np.ndar
     KL = 0.5 * (log(v2 / v1) + (v1 + (m1 - m2)^2) / v2 - 1) (e.g. Bishop, PRML (2006), eq. 1.113 family;
     the univariate case of the multivariate Gaussian KL). Variances must be > 0.
     """
-    return 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0)
+    kl: np.ndarray = 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0)
+    return kl
 
 
 def finite_rows(*arrays: np.ndarray) -> np.ndarray:
@@ -82,7 +84,7 @@ class LatentReference:
     kl_per_sample: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, block: dict, latent_dim: int) -> LatentReference:
+    def from_manifest(cls, block: dict[str, Any], latent_dim: int) -> LatentReference:
         """Validate and convert the manifest block; raise ValueError naming the first bad field."""
         if not isinstance(block, dict):
             raise ValueError(f"reference: expected an object, got {type(block).__name__}")
@@ -194,7 +196,7 @@ class LatentWindow:
         kld -= lv32
         kld -= 1.0
         kld *= 0.5
-        kl = kld.sum(axis=1).astype(np.float64)
+        kl: np.ndarray = kld.sum(axis=1).astype(np.float64)
         # Newest image weight 1, oldest 2^(-(n-1)/h): the decay inside a batch matches the decay across.
         w = np.exp(self._ln_decay * np.arange(n - 1, -1, -1, dtype=np.float64))
         wb = float(w.sum())

@@ -138,7 +138,7 @@ def _families(r: CollectorRegistry) -> _Families:
             latent=_LatentHub(),
             load_failures=Counter("vae_model_load_failures", "Model versions that failed verification, "
                                   "loading or warm-up and were not served.", _MV, registry=r))
-        r.register(fam.latent)  # type: ignore[arg-type]
+        r.register(fam.latent)
         _REGISTRY_FAMILIES[r] = fam
         return fam
 
@@ -172,7 +172,7 @@ class ServiceMetrics:
     """All metrics of one service instance, registered on `registry` (tests pass a fresh one)."""
 
     def __init__(self, registry: CollectorRegistry, *, model_name: str, model_version: str, provider: str,
-                 latent_dim: int, reference: dict | None, latent_stats: bool = True,
+                 latent_dim: int, reference: dict[str, Any] | None, latent_stats: bool = True,
                  window: int = DEFAULT_WINDOW, collapse_fraction: float = 0.5,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, interval: float = DEFAULT_INTERVAL_S,
                  min_images: int | None = None, served_version: str | None = None) -> None:
@@ -203,7 +203,7 @@ class ServiceMetrics:
         # per call, several per request on the serving path. The label sets are small and fixed
         # (methods, codes, graphs); prometheus-client returns the same child for the same labels, so
         # a racing first fill between threads is harmless.
-        self._children: dict[tuple[str, ...], tuple] = {}
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self.scores = ScoreMetrics(registry, model_name=self.model, model_version=self.version,
                                    reference=reference)
 
@@ -240,7 +240,7 @@ class ServiceMetrics:
         self._used.add((family, values))
         return family.labels(*self._key, *values)
 
-    def _method(self, method: str) -> tuple:
+    def _method(self, method: str) -> tuple[Any, ...]:
         key = ("method", method)
         c = self._children.get(key)
         if c is None:
@@ -248,7 +248,7 @@ class ServiceMetrics:
                                        self._child(self._latency, method))
         return c
 
-    def _graph(self, graph: str) -> tuple:
+    def _graph(self, graph: str) -> tuple[Any, ...]:
         key = ("graph", graph)
         c = self._children.get(key)
         if c is None:

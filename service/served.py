@@ -188,7 +188,7 @@ class ServedVersion:
         nonfinite = self._metrics.nonfinite
 
         def run_checked(x: np.ndarray) -> list[np.ndarray]:
-            outs = run(x)
+            outs: list[np.ndarray] = run(x)
             for o in outs:
                 if not np.isfinite(np.add.reduce(o, axis=None)):
                     nonfinite("output", int(o.size - np.count_nonzero(np.isfinite(o))))

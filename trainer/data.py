@@ -5,6 +5,7 @@ deterministic train/validation split. Malformed data raises DataError naming the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from contracts import images as contracts_images
 from contracts.errors import DataError as CoreDataError
 from contracts.images import IMAGE_SUFFIXES
 from trainer.errors import DataError
+
+if TYPE_CHECKING:  # only for the annotation: trainer.config stays free to import the readers
+    from trainer.config import TrainConfig
 
 __all__ = [
     "load_images",
@@ -76,7 +80,7 @@ def split_images(
     return images[tr], images[va]
 
 
-def training_images(train_config: object) -> np.ndarray:
+def training_images(train_config: TrainConfig) -> np.ndarray:
     """The exact train split a run used (same data spec, fraction, seed and rule)."""
     data = train_config.data
     images = load_images(data)

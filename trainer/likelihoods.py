@@ -64,6 +64,8 @@ class GaussianLikelihood(Likelihood):
     The decoder's mean goes through a sigmoid so the mean image stays in [0, 1]."""
 
     name = "gaussian"
+    # A buffer here, a learned nn.Parameter (a Tensor too) in GaussianLearnedLikelihood.
+    log_sigma: torch.Tensor
 
     def __init__(self, sigma: float) -> None:
         super().__init__()

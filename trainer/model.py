@@ -6,6 +6,7 @@ come back exactly C x H x W without cropping (export-friendly: only plain nn lay
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ class _ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 class VAE(nn.Module):
@@ -122,7 +124,8 @@ class VAE(nn.Module):
         return feat
 
     def _init_weights(self) -> None:
-        nonlin = "leaky_relu" if self.cfg.activation == "leaky_relu" else "relu"
+        leaky = self.cfg.activation == "leaky_relu"
+        nonlin: Literal["leaky_relu", "relu"] = "leaky_relu" if leaky else "relu"
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
                 if self.cfg.init == "xavier":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def save_epoch_grids(model: VAE, x_val: torch.Tensor, seed: int, epoch: int, fol
     save_grid(samples, folder / f"epoch{epoch:04d}-samples.png", nrow=8)
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
         for line in path.read_text().splitlines():

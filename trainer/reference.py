@@ -44,7 +44,8 @@ def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     0.5 * (mu^2 + sigma^2 - log sigma^2 - 1) (Kingma & Welling 2014, Appendix B)."""
     mu = mu.astype(np.float64)
     logvar = logvar.astype(np.float64)
-    return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1.0)
+    kl: np.ndarray = 0.5 * (mu * mu + np.exp(logvar) - logvar - 1.0)
+    return kl
 
 
 def reference_statistics(encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],

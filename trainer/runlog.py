@@ -28,7 +28,9 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_config(path: Path, model_config: dict, train_config: dict, extra: dict) -> None:
+def write_config(
+    path: Path, model_config: dict[str, Any], train_config: dict[str, Any], extra: dict[str, Any]
+) -> None:
     doc = {"model_config": model_config, "train_config": train_config, **extra}
     data = (json.dumps(_clean(doc), indent=2) + "\n").encode()
     atomic_write_bytes(path, lambda f: f.write(data))

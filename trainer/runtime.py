@@ -82,7 +82,8 @@ def teardown_runtime(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def _reduce(rt: Runtime, value: float, op: dist.ReduceOp) -> float:
+# dist.ReduceOp.MAX etc. are members of the nested enum RedOpType, which is what all_reduce takes.
+def _reduce(rt: Runtime, value: float, op: dist.ReduceOp.RedOpType) -> float:
     if not rt.distributed:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")

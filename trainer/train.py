@@ -222,7 +222,7 @@ class _Run(RunCheckpoints):
             )
             self.opt.zero_grad(set_to_none=True)
             # Always backward, even on a non-finite loss: in DDP every rank must join the all-reduce.
-            terms.loss.backward()
+            terms.loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             loss_v, gnorm_v = float(terms.loss.detach()), float(gnorm)
             skip = not (math.isfinite(loss_v) and math.isfinite(gnorm_v))
