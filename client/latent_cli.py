@@ -61,7 +61,7 @@ def _pick(spec: str, args: argparse.Namespace, what: str, cache: dict[str, np.nd
         raise DataError(f"{what}: {spec!r} is neither an image index nor a JSON latent list") from None
     if not -len(images) <= index < len(images):
         raise DataError(f"{what}: index {index} out of range for {len(images)} images in {args.data}")
-    return images[index]
+    return np.asarray(images[index])
 
 
 def _score(c: VaeClient, args: argparse.Namespace, save: Any, emit: Any) -> int:

@@ -197,5 +197,5 @@ def attribute_direction(mu_with: np.ndarray, mu_without: np.ndarray) -> np.ndarr
     images that do not (the latent arithmetic of White 2016), [D] float32."""
     if len(mu_with) == 0 or len(mu_without) == 0:
         raise ValueError("attribute_direction needs at least one image in each set")
-    return (mu_with.astype(np.float64).mean(axis=0) - mu_without.astype(np.float64).mean(axis=0)).astype(
-        np.float32)
+    diff = mu_with.astype(np.float64).mean(axis=0) - mu_without.astype(np.float64).mean(axis=0)
+    return np.asarray(diff, dtype=np.float32)

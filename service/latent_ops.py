@@ -36,7 +36,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     so = np.sin(omega)
     direction = (np.sin((1.0 - t) * omega)[:, None] * ua + np.sin(t * omega)[:, None] * ub) / so
     norm = (1.0 - t) * na + t * nb
-    return direction * norm[:, None]
+    return np.asarray(direction * norm[:, None])
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, steps: int, method: str) -> np.ndarray:
@@ -70,4 +70,4 @@ def edit(mu: np.ndarray, direction: np.ndarray, scales: np.ndarray) -> np.ndarra
     """mu_i + s_j * direction for every image i and scale j, image-major: [N * S, D] float32."""
     step = direction.astype(np.float32)[None, None, :]
     z = mu[:, None, :] + scales.astype(np.float32)[None, :, None] * step
-    return z.reshape(-1, mu.shape[1]).astype(np.float32, copy=False)
+    return np.asarray(z.reshape(-1, mu.shape[1]).astype(np.float32, copy=False))

@@ -22,7 +22,7 @@ _CB_NORM_CUT = 0.5
 
 def bce_with_logits(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
     """-[x log sigmoid(l) + (1-x) log(1 - sigmoid(l))], stable for any l: max(l, 0) - l x + log1p(e^-|l|)."""
-    return np.maximum(logits, 0.0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
+    return np.asarray(np.maximum(logits, 0.0) - logits * x + np.log1p(np.exp(-np.abs(logits))))
 
 
 def cb_log_norm(logits: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def cb_log_norm(logits: np.ndarray) -> np.ndarray:
 
 
 def _sum_pixels(t: np.ndarray) -> np.ndarray:
-    return t.reshape(t.shape[0], -1).sum(axis=1)
+    return np.asarray(t.reshape(t.shape[0], -1).sum(axis=1))
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class RpcChecks:
             arr = arr[0]
         if arr.ndim != 1:
             raise InvalidArgument(f"direction: shape {list(arr.shape)}, expected [{self.v.latent_dim}]")
-        return self.v.latents(arr.reshape(1, -1), "direction")[0]
+        return np.asarray(self.v.latents(arr.reshape(1, -1), "direction")[0])
 
     def scales(self, scales: list[float], n_images: int) -> np.ndarray:
         s = np.asarray(scales if scales else [1.0], dtype=np.float32)
