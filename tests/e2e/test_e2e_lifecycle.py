@@ -99,6 +99,8 @@ def test_refuses_shape_mismatch(broken):
     # records one latent dimension more than the graphs have.
     manifest["latent_dim"] += 1
     manifest["graphs"]["decoder"]["inputs"][0]["shape"][1] += 1
+    if "decoder_params" in manifest["graphs"]:  # the Score graph takes latents too
+        manifest["graphs"]["decoder_params"]["inputs"][0]["shape"][1] += 1
     for out in manifest["graphs"]["encoder"]["outputs"]:
         out["shape"][1] += 1
     for key in ("mu_mean", "mu_var", "posterior_var_mean", "kl_per_dim"):
