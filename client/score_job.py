@@ -23,6 +23,7 @@ from client.channel import ChannelConfig
 from client.data import dataset_fingerprint
 from client.histogram import histogram_png
 from client.messages import chunk_seed
+from client.pinning import job_pin
 from client.runner import Outcome, connect, run_shards
 from client.shards import (
     ShardStore,
@@ -135,7 +136,10 @@ def _assemble(job: ScoreJob, store: ShardStore, total: int, params: dict[str, An
 async def run_score(job: ScoreJob, images: np.ndarray,
                     configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
     """Score this process's chunks of `images`; returns (outcome, manifest, chunks skipped)."""
-    clients, info = await connect(configs)
+    # Pinned like `vae encode`: a resumed job, or another shard process, stays on the version the job
+    # started on (scores of two versions are not comparable).
+    model, version = job_pin(parts_dir(job.out), "", "")
+    clients, info = await connect(configs, model=model, version=version)
     try:
         plan = await clients[0].plan()
         plan.check_images(images[:1])
@@ -143,7 +147,7 @@ async def run_score(job: ScoreJob, images: np.ndarray,
         params = {"data_fingerprint": dataset_fingerprint(images), "n": int(len(images)),
                   "image_shape": list(images.shape[1:]), "chunk_size": job.chunk_size, "k": job.k,
                   "seed": job.seed, "model_name": info.model_name, "model_version": info.model_version,
-                  "manifest_sha256": info.manifest_sha256}
+                  "manifest_sha256": info.manifest_sha256, "model": info.model, "version": info.version}
         folder = parts_dir(job.out)
         folder.mkdir(parents=True, exist_ok=True)
         ensure_job_file(folder, JOB_KIND, params)

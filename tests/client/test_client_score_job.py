@@ -49,6 +49,10 @@ def test_score_job_resumes_and_matches_score(server: ServerThread, tmp_path: Pat
     assert summary["n"] == 60 and summary["reference"]["p01"] == pytest.approx(info.elbo_reference.p01)
     # The 10 noise images sit below the training split's 1st percentile.
     assert summary["fraction_below_reference_p01"] >= 10 / 60
+    # The job is pinned to the version of its first reply, as `vae encode` is (a resume stays on it).
+    from client.score_job import parts_dir
+    params = json.loads((parts_dir(out) / "job.json").read_text())["params"]
+    assert (params["model"], params["version"]) == (info.model, info.version) and info.version
     png = Image.open(summary["histogram"])
     assert png.size == (720, 360)
     # A rerun skips every verified chunk and rewrites identical bytes.
