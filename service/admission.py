@@ -26,13 +26,17 @@ __all__ = ["Admission", "NOT_READY_MESSAGE"]
 
 NOT_READY_MESSAGE = "the service is not ready (warming up or shutting down); retry"
 # After the admitted work is done, grpc is stopped while calls that arrive are parked in their handler
-# (not answered yet) for PARK_S, then refused UNAVAILABLE. Why: grpc's stop answers CANCELLED (which
-# clients do not retry) to calls that reached grpc core but no handler yet; a loop that is busy
-# answering refusals leaves such calls waiting in core. Parked calls cost the loop nothing, so it keeps
-# taking calls from core: parking starts PARK_S / 2 before grpc's stop, so that calls waiting in core
-# reach a handler, and lasts PARK_S after it, while grpc tells the clients to go (GOAWAY) and closes
-# the port; the parked calls are then refused and grpc's stop completes.
-PARK_S = 0.1
+# (not answered yet), then refused UNAVAILABLE. Why: grpc's stop cancels (CANCELLED, which clients do
+# not retry) every call that has reached grpc core but no handler yet, and a call can reach core at any
+# instant while clients send. A parked call holds its client: a client that retries after a refusal
+# sends nothing while its call is parked. So parking starts PARK_BEFORE_S before grpc's stop, longer
+# than any client's retry pause worth serving (the reliability test's clients retry every 50 ms): by the
+# stop, every such client waits in a handler and none is sending, so nothing is in core to cancel.
+# Parking lasts PARK_AFTER_S after the stop, while grpc tells the clients to go (GOAWAY) and closes
+# the port; the parked calls are then refused and grpc's stop completes. Parked calls cost the loop
+# nothing, so it keeps taking calls from core meanwhile.
+PARK_BEFORE_S = 0.3
+PARK_AFTER_S = 0.1
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Admission:
         self.last_arrival = time.monotonic()
 
     def park(self) -> None:
-        """From now on refusals wait in `parked()` until `unpark()` (see PARK_S)."""
+        """From now on refusals wait in `parked()` until `unpark()` (see PARK_BEFORE_S)."""
         if self._parked is None:
             self._parked = asyncio.Event()
 

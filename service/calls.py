@@ -88,7 +88,7 @@ class CallGuard:
     async def _abort(self, exc: ServiceError, context: grpc.aio.ServicerContext,
                      metrics: ServiceMetrics) -> NoReturn:
         if isinstance(exc, Unavailable):
-            await self.admission.parked()  # while the server stops grpc (admission.PARK_S)
+            await self.admission.parked()  # while the server stops grpc (admission.PARK_BEFORE_S)
         metrics.error(exc.reason)
         if isinstance(exc, NonFinite):
             metrics.nonfinite("input", exc.count)

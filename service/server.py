@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.admission import PARK_S, Admission
+from service.admission import PARK_AFTER_S, PARK_BEFORE_S, Admission
 from service.auth import TokenAuthInterceptor
 from service.calls import CallGuard
 from service.decode_guard import add_guarded_servicer
@@ -224,16 +224,16 @@ class VaeServer:
                  else f"grace over with {self.admission.in_flight} calls in flight", time.monotonic() - t0,
                  self.admission.peak_in_flight)
         # grpc's stop sends GOAWAY, closes the port and returns as soon as no call is left in a handler;
-        # calls arriving meanwhile are parked, then refused (admission.PARK_S). It cancels what is left
-        # only when the grace is over.
-        # Parked first for a moment, so that calls already waiting in grpc core reach a handler.
+        # calls arriving meanwhile are parked, then refused (admission.PARK_BEFORE_S). It cancels what is
+        # left only when the grace is over.
+        # Parked first, so that every retrying client waits in a handler and none is sending to core.
         self.admission.park()
-        await asyncio.sleep(min(PARK_S / 2, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(PARK_BEFORE_S, max(0.0, deadline - time.monotonic())))
         # The instant is logged on the monotonic clock (shared by the processes of one host): a test
         # tells the calls that met grpc's stop from all others.
         log.info("grpc stop at monotonic %.4f", time.monotonic())
         stopping = asyncio.ensure_future(self.grpc_server.stop(max(0.0, deadline - time.monotonic())))
-        await asyncio.sleep(min(PARK_S, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(PARK_AFTER_S, max(0.0, deadline - time.monotonic())))
         self.admission.unpark()
         await stopping
         if self._poller is not None:

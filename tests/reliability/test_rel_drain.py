@@ -1,6 +1,6 @@
 """SIGTERM drain on the work, not on the callers: clients that retry every 50 ms after each refusal do
-not hold the process up. It exits within 2 s of its last in-flight reply; no call is CANCELLED but, at
-most, one or two that reach grpc core in the very instant its stop runs (a race inside grpc)."""
+not hold the process up. It exits within 2 s of its last in-flight reply, and no call is CANCELLED: the
+last arrivals are parked in their handlers while grpc stops (service/admission.py, PARK_BEFORE_S)."""
 
 from __future__ import annotations
 
@@ -83,23 +83,18 @@ def test_sigterm_with_retrying_clients_exits_after_the_work(tiny_model_dir: Path
             t.join(timeout=30)
     assert rc == 0, srv.text()[-2000:]
     assert box.get("code") == "OK" and box.get("rows") == STREAM_N, box  # in flight at the signal: whole
-    # Known residual, grpc core's: a call that reaches the server in the instant grpc's stop sends
-    # GOAWAY can be answered CANCELLED. Only such calls (sent within 20 ms of the logged stop) may be;
-    # every other call is OK or UNAVAILABLE.
     m = re.search(r"grpc stop at monotonic ([0-9.]+)", srv.text())
     assert m, srv.text()[-1500:]
     t_stop = float(m.group(1))
-    at_stop = [c for c in calls if c.code == "CANCELLED" and abs(c.start - t_stop) < 0.02]
-    other = [c for c in calls if c.code not in ("OK", "UNAVAILABLE") and c not in at_stop]
-    assert not other, ([(c.code, c.details, round(c.start - t_signal, 3)) for c in other][:10],
+    other = [c for c in calls if c.code not in ("OK", "UNAVAILABLE")]
+    assert not other, ([(c.code, c.details, round(c.start - t_stop, 4)) for c in other][:10],
                        round(t_stop - t_signal, 3), srv.text()[-1500:])
-    assert len(at_stop) <= 2, [(round(c.start - t_stop, 4), c.details) for c in at_stop]
     refused = [c for c in calls if c.code == "UNAVAILABLE" and t_signal < c.end < t_exit]
     assert refused, "no call was refused while draining: the clients did not retry during the drain"
     last_reply = max([box["end"], *(c.end for c in calls if c.code == "OK")])
     print(f"\nSIGTERM with {CLIENTS} clients retrying every {RETRY_S * 1000:.0f} ms: "
           f"{sum(c.code == 'OK' for c in calls)} OK, {len(refused)} refused UNAVAILABLE while draining, "
-          f"{len(at_stop)} CANCELLED in the instant of grpc's stop, 0 otherwise; "
+          "0 CANCELLED; "
           f"last in-flight reply {last_reply - t_signal:.2f} s after the signal, exit "
           f"{t_exit - t_signal:.2f} s after it, {t_exit - last_reply:.2f} s after the last reply "
           f"(grace {GRACE:.0f} s; shared 2-core machine, timing noisy)")
