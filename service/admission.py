@@ -36,6 +36,10 @@ NOT_READY_MESSAGE = "the service is not ready (warming up or shutting down); ret
 # the port; the parked calls are then refused and grpc's stop completes. Parked calls cost the loop
 # nothing, so it keeps taking calls from core meanwhile.
 PARK_BEFORE_S = 0.3
+# The in-flight average (`load`) spans about this many admitted calls; below LONE_LOAD a call that is
+# the only one in flight counts as lone.
+LOAD_SPAN = 32
+LONE_LOAD = 1.5
 PARK_AFTER_S = 0.1
 
 
@@ -53,6 +57,8 @@ class Admission:
     # When the last admitted call finished, and when the last call of any kind arrived (monotonic).
     last_release: float = 0.0
     last_arrival: float = 0.0
+    # Calls in flight as seen by the admitted calls, averaged (exponentially, over ~LOAD_SPAN arrivals).
+    load: float = 0.0
     _idle: asyncio.Event | None = field(default=None, repr=False)
     _parked: asyncio.Event | None = field(default=None, repr=False)
 
@@ -69,8 +75,15 @@ class Admission:
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(self.max_in_flight, self.retry_after_ms)
         self.in_flight += 1
+        self.load += (self.in_flight - self.load) / LOAD_SPAN
         if self.in_flight > self.peak_in_flight:
             self.peak_in_flight = self.in_flight
+
+    def lone(self) -> bool:
+        """Whether the call being served is alone: the only one in flight, and recent calls were too.
+        The average matters: calls waiting in grpc core are not counted until a handler takes them, so
+        the instant count alone can read 1 under load (service/batching.py runs lone calls inline)."""
+        return self.in_flight <= 1 and self.load < LONE_LOAD
 
     def release(self) -> None:
         """One admitted call has finished (OK or not)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,12 @@ class ModelRegistry:
         self.default_model = settings.default_model
         self._entries: dict[str, ModelEntry] = {}
         self._broken: dict[str, str] = {}
+        # Set by the server: whether the call being served is the only one in flight (its Admission);
+        # the batchers run such a call's small request on the event loop (service/batching.py).
+        self.lone: Callable[[], bool] | None = None
+
+    def _lone(self) -> bool:
+        return self.lone is not None and self.lone()
 
     # ---- what the repository holds ----
     def _scan(self) -> dict[str, ModelEntry]:
@@ -187,7 +194,7 @@ class ModelRegistry:
                 for num in sorted(chosen - excluded):
                     if num in self.versions.get(name, {}):
                         continue
-                    v = ServedVersion(entry.sources[num], self.settings, self.registry)
+                    v = ServedVersion(entry.sources[num], self.settings, self.registry, self._lone)
                     self.versions.setdefault(name, {})[num] = v
                     try:
                         v.open()
@@ -302,7 +309,7 @@ class ModelRegistry:
         if failed is not None and failed[0] == _fingerprint(source.path):
             self.versions.setdefault(entry.name, {})[num] = failed[1]
             return  # unchanged since it failed: do not retry on every poll
-        v = ServedVersion(source, self.settings, self.registry)
+        v = ServedVersion(source, self.settings, self.registry, self._lone)
         self.versions.setdefault(entry.name, {})[num] = v
         log.info("%s version %s: verifying and warming up %s", entry.name, num, source.path)
         await self._load(v)

@@ -16,6 +16,7 @@ import ctypes.util
 import gc
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -82,8 +83,12 @@ class _Gate:
 class ServedVersion:
     """One version of one model, from its folder to its release."""
 
-    def __init__(self, source: VersionSource, settings: Settings, registry: CollectorRegistry) -> None:
+    def __init__(self, source: VersionSource, settings: Settings, registry: CollectorRegistry,
+                 lone: Callable[[], bool] | None = None) -> None:
         self.source = source
+        # Whether the call being served is the only one in flight on the server (batching.Batcher's
+        # inline rule); None: never inline.
+        self.lone = lone
         self.name = source.name
         self.version = str(source.version)
         self.settings = settings
@@ -196,6 +201,12 @@ class ServedVersion:
 
         return run_checked
 
+    def _inline_rows(self) -> int:
+        """--inline-max-rows on CPU; 0 on a GPU, where a run can stall on a busy or hung device and a
+        stalled run on the event loop would stall every call and health check with it."""
+        assert self.model is not None
+        return 0 if self.model.decoder.on_cuda else self.settings.inline_max_rows
+
     def _runner(self, graph: str, run: Any) -> Batcher | DirectRunner:
         assert self._metrics is not None and self._executor is not None
         metrics = self._metrics
@@ -211,7 +222,8 @@ class ServedVersion:
         if s.dynamic_batching:
             return Batcher(graph, run, max_batch=s.max_batch_size, max_queue=s.max_queue,
                            max_delay_s=s.max_queue_delay_ms / 1000.0, workers=s.inference_workers,
-                           on_wait=on_wait, on_run=on_run)
+                           on_wait=on_wait, on_run=on_run, parallel_rows=s.parallel_rows(),
+                           inline_rows=self._inline_rows(), lone=self.lone)
         return DirectRunner(graph, run, self._executor, max_queue=s.max_queue, on_wait=on_wait, on_run=on_run)
 
     def _model_info(self, m: Manifest) -> vae_pb2.ModelInfo:
@@ -245,6 +257,8 @@ class ServedVersion:
             self._sample_blocks = Batcher("decoder", blocks,
                                           max_batch=max(block, s.max_batch_size // block * block),
                                           max_queue=s.max_queue, workers=s.inference_workers,
+                                          parallel_rows=s.parallel_rows(), inline_rows=self._inline_rows(),
+                                          lone=self.lone,
                                           on_wait=lambda sec: metrics.queue_wait("decoder", sec),
                                           on_run=lambda sec, n: metrics.inference("decoder", sec, n))
             self.sampler.target = self._sample_blocks

@@ -97,6 +97,7 @@ class VaeServer:
         # Ready / in flight / drain: owned here, shared by every servicer through one CallGuard.
         self.admission = Admission(settings.max_in_flight, settings.retry_after_ms)
         self.calls = CallGuard(self.admission, self.metrics_unrouted)
+        self.models.lone = self.admission.lone
         self.servicer = VaeServicer(models=self.models, calls=self.calls)
         self.health = health_aio.HealthServicer()
         # No interceptor unless auth is on: grpc.aio runs every call through the interceptor chain in

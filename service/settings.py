@@ -73,7 +73,12 @@ class Settings:
     grace_seconds: float = _f(30.0, "on SIGTERM/SIGINT: seconds in-flight requests may take to finish")
     dynamic_batching: bool = _f(True, "merge concurrent requests to one graph into one inference run")
     inference_workers: int = _f(2, "inference threads per graph (runs in flight at once per graph); with "
-                                   "batching on, requests merge only while all of them are busy")
+                                   "batching on, one runs any backlog, the others only backlogs of "
+                                   "--parallel-batch-rows or more")
+    parallel_batch_rows: int = _f(0, "rows a backlog needs before a second inference thread of its graph "
+                                     "starts on it while one is busy (0 = half of --max-batch-size)")
+    inline_max_rows: int = _f(8, "a request of at most this many rows that is the only call in flight "
+                                 "runs on the event loop, skipping the thread hand-offs (0 = never)")
     max_batch_size: int = _f(256, "largest batch (rows) the dynamic batcher forms")
     max_queue_delay_ms: float = _f(0.0, "how long a partial batch that queued while the graph was busy "
                                         "may wait for more rows; a request to an idle graph runs at once")
@@ -106,6 +111,10 @@ class Settings:
                              "and batchers, under one parent that owns signals, health and /metrics; "
                              "auto = one per core")
 
+    def parallel_rows(self) -> int:
+        """--parallel-batch-rows resolved (0 = half of --max-batch-size, at least 1)."""
+        return self.parallel_batch_rows or max(1, self.max_batch_size // 2)
+
     def validate(self) -> None:
         """Check cross-field rules; raises SettingsError naming the setting."""
         positive = ("inference_workers", "max_batch_size", "max_queue", "max_in_flight",
@@ -118,7 +127,8 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{flag_name(name)} must be a port number, got {getattr(self, name)}")
-        for name in ("device_id", "cuda_mem_limit", "intra_op_threads", "sample_block",
+        for name in ("device_id", "cuda_mem_limit", "intra_op_threads", "sample_block", "parallel_batch_rows",
+                     "inline_max_rows",
                      "max_receive_message_bytes", "retry_after_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{flag_name(name)} must be >= 0, got {getattr(self, name)}")

@@ -172,7 +172,7 @@ def test_queue_full_server_still_serves_every_request_through_retries(tiny_model
     # and the client's backoff retries them until each one is served.
     import threading
 
-    with ServerThread(tiny_model_dir, max_queue=1, inference_workers=1) as srv:
+    with ServerThread(tiny_model_dir, max_queue=1, inference_workers=1, inline_max_rows=0) as srv:
         # Hold the decoder busy for the first calls (a stalled GPU), so the one-slot queue overflows
         # for certain; the gate opens after a short while and the retries then get through.
         decoder = srv.server.decoder

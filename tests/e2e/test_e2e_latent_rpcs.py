@@ -165,8 +165,10 @@ def test_deadline_and_auth(model_dir, digits, tmp_path):
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         auth = [("authorization", "Bearer s3cret-token")]
         assert len(stub.Score(req, timeout=10, metadata=auth).elbo) == 2
+        # Work of milliseconds (1,024 rows, never run inline on the event loop) against a 1 µs deadline.
+        slow = vae_pb2.ScoreRequest(images=tensor(digits[:16]), k=64)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Score(req, timeout=1e-6, metadata=auth)
+            stub.Score(slow, timeout=1e-6, metadata=auth)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

@@ -177,7 +177,9 @@ def test_queue_full_is_resource_exhausted(model_dir):
     """max_queue=1 with requests piling up on one graph: the overflow gets RESOURCE_EXHAUSTED."""
     import threading
 
-    with ServerThread(settings_for(model_dir, max_queue=1, inference_workers=1)) as srv, srv.channel() as ch:
+    # inline_max_rows=0: the held run must be on an inference thread, not on the event loop.
+    with ServerThread(settings_for(model_dir, max_queue=1, inference_workers=1, inline_max_rows=0)) as srv, \
+            srv.channel() as ch:
         stub = stub_for(ch)
         decoder = srv.server.decoder
         gate = threading.Event()

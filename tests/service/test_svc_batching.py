@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, DirectRunner, fixed_blocks
+from service.admission import LOAD_SPAN, Admission
+from service.batching import INLINE_STREAK, Batcher, DirectRunner, fixed_blocks
 from service.errors import DeadlineExpired, QueueFull
 
 
@@ -193,3 +194,85 @@ def test_two_workers_run_a_second_request_at_once_and_merge_only_when_both_are_b
         await b.close()
 
     asyncio.run(main())
+
+
+def test_a_second_worker_starts_only_on_a_backlog_of_parallel_rows():
+    async def main():
+        run = Runner()
+        run.hold.clear()
+        b = Batcher("decoder", run, max_batch=64, max_queue=100, workers=2, parallel_rows=4)
+        first = asyncio.ensure_future(b.submit(_rows(0, 1)))
+        await _until(run.entered.is_set)
+        run.entered.clear()
+        small = [asyncio.ensure_future(b.submit(_rows(1 + i, 1))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert not run.entered.is_set(), "3 rows < parallel_rows started the second worker"
+        fourth = asyncio.ensure_future(b.submit(_rows(4, 1)))
+        await _until(run.entered.is_set)  # 4 rows queued: the second worker takes them, merged
+        run.hold.set()
+        outs = await asyncio.gather(first, *small, fourth)
+        assert [len(x) for x in run.batches] == [4, 1] or [len(x) for x in run.batches] == [1, 4]
+        assert [o[0][0, 0] for o in outs] == [0.0, 2.0, 4.0, 6.0, 8.0]  # each row back to its caller
+        await b.close()
+
+    asyncio.run(main())
+
+
+class ThreadRunner(Runner):
+    """Also records the thread each batch ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.threads.append(threading.get_ident())
+        return super().__call__(x)
+
+
+def test_a_small_lone_request_runs_on_the_event_loop_and_a_streak_is_broken():
+    async def main():
+        loop_thread = threading.get_ident()
+        lone = [True]
+        run = ThreadRunner()
+        b = Batcher("decoder", run, max_batch=64, max_queue=100, workers=1, inline_rows=2,
+                    lone=lambda: lone[0])
+        for i in range(INLINE_STREAK + 1):
+            out = await b.submit(_rows(i, 1))
+            assert out[0].tolist() == (_rows(i, 1) * 2).tolist()
+        # INLINE_STREAK runs on the loop, then one through the thread path (the streak breaker)
+        assert run.threads[:INLINE_STREAK] == [loop_thread] * INLINE_STREAK
+        assert run.threads[INLINE_STREAK] != loop_thread and b.inline_runs == INLINE_STREAK
+        await b.submit(_rows(0, 2))
+        assert run.threads[-1] == loop_thread  # the streak starts again
+        await b.submit(_rows(0, 3))  # more rows than inline_rows: an inference thread
+        lone[0] = False
+        await b.submit(_rows(0, 1))  # not lone: an inference thread
+        assert loop_thread not in run.threads[-2:]
+        with pytest.raises(DeadlineExpired):  # an inline request past its deadline is dropped too
+            lone[0] = True
+            await b.submit(_rows(0, 1), deadline=time.monotonic() - 1)
+        assert b.runs == len(run.batches)
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_admission_lone_needs_a_low_recent_load_not_only_one_call_in_flight():
+    a = Admission(max_in_flight=100)
+    a.open()
+    a.admit()
+    assert a.lone()  # one call, and the calls before it were alone too
+    a.release()
+    for _ in range(LOAD_SPAN):  # a burst: many calls at once
+        a.admit()
+    for _ in range(LOAD_SPAN):
+        a.release()
+    a.admit()
+    assert a.in_flight == 1 and not a.lone()  # alone right now, but the recent load was high
+    a.release()
+    for _ in range(4 * LOAD_SPAN):  # calls one at a time again: the average comes back down
+        a.admit()
+        a.release()
+    a.admit()
+    assert a.lone()
