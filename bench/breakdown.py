@@ -51,7 +51,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("admission, routing, request wrapper", ("service/calls.py", "service/admission.py",
                                              "service/registry", "service/served.py")),
     ("handler body (reply building, sampling)", ("service/servicer.py", "service/latent_rpcs.py",
-                                                 "service/sampling.py", "serve_naive.py")),
+                                                 "service/sampling.py", "NaiveVae.")),
 ]
 GRPC = "grpc.aio call handling (Cython: receive, reply serialise, send)"
 LOOP = "event loop (asyncio)"
@@ -122,7 +122,8 @@ def run_cell(label: str, cmd: list[str], target: str, port: int, cell: str, args
              "--label", label, "--out", str(result), "--cells", cell, "--warmup", str(args.warmup),
              "--duration", str(args.duration), "--connections", str(args.connections),
              "--server-pgid", str(proc.pid), "--ready-timeout", "120"],
-            env=env, cwd=peers, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            env=env, cwd=peers, stdout=open(out / f"{label}-{cell}.loadgen.log", "ab"),
+            stderr=subprocess.STDOUT)
         while not result.exists() and lg.poll() is None:  # the loadgen says nothing until its cell is done:
             time.sleep(0.2)                              # wait for the server's own "listening" log line
             if b"listening on" in (out / f"{label}-{cell}.server.log").read_bytes():
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=ROOT / ".bench" / "breakdown")
     args = p.parse_args(argv)
-    args.model_dir = args.model_dir.resolve()
+    args.model_dir, args.out = args.model_dir.resolve(), args.out.resolve()
     if not (Path(sys.executable).with_name("py-spy")).exists():
         print("bench: py-spy is not installed in this virtualenv (pip install py-spy)", file=sys.stderr)
         return 2

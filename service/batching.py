@@ -20,6 +20,8 @@ Inference runs off the event loop (onnxruntime releases the GIL) in up to `worke
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -98,7 +100,10 @@ class Batcher:
         self._on_wait = on_wait
         self._on_run = on_run
         self._queue: deque[_Item] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"vae-{graph}")
+        # Inference threads, started as runs need them, fed through a C queue: no Future, lock or
+        # condition per run (concurrent.futures has several).
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -144,8 +149,9 @@ class Batcher:
             self._on_wait(0.0)
         start = time.perf_counter()
         outs = self._run(x)
+        seconds = time.perf_counter() - start
         if self._on_run is not None:
-            self._on_run(time.perf_counter() - start, len(x))
+            self._on_run(seconds, len(x))
         self.runs += 1
         self.rows += len(x)
         self.inline_runs += 1
@@ -221,19 +227,33 @@ class Batcher:
         def work() -> None:  # in the inference thread
             outs: list[np.ndarray] | None = None
             error: BaseException | None = None
+            t0 = time.perf_counter()
             try:
                 outs = run(x)
             except BaseException as exc:  # handed to the requests in _finish, never lost
                 error = exc
+            seconds = time.perf_counter() - t0  # the run alone, not its hand-offs
             try:
-                loop.call_soon_threadsafe(finish, items, outs, error, start, len(x))
+                loop.call_soon_threadsafe(finish, items, outs, error, seconds, len(x))
             except RuntimeError:  # the loop closed under a late run: nobody waits for it
                 pass
 
-        self._executor.submit(work)
+        if len(self._threads) < min(self._running, self.workers):
+            t = threading.Thread(target=self._serve_jobs, name=f"vae-{self.graph}-{len(self._threads)}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._jobs.put(work)
+
+    def _serve_jobs(self) -> None:  # an inference thread
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
 
     def _finish(self, items: list[_Item], outs: list[np.ndarray] | None, exc: BaseException | None,
-                start: float, rows: int) -> None:
+                seconds: float, rows: int) -> None:
         self._running -= 1
         if exc is not None or outs is None:  # a failed run fails its own requests, never the batcher
             exc = exc if exc is not None else RuntimeError(f"{self.graph} run returned nothing")
@@ -242,7 +262,7 @@ class Batcher:
                     item.fut.set_exception(exc)
         else:
             if self._on_run is not None:
-                self._on_run(time.perf_counter() - start, rows)
+                self._on_run(seconds, rows)
             self.runs += 1
             self.rows += rows
             offset = 0
@@ -261,7 +281,14 @@ class Batcher:
             if not item.fut.done():
                 item.fut.cancel()
         self._queued_rows = 0
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        for _ in self._threads:
+            self._jobs.put(None)  # after the runs already queued: they finish first
+
+        def join() -> None:
+            for t in self._threads:
+                t.join()
+
+        await asyncio.get_running_loop().run_in_executor(None, join)
 
 
 class DirectRunner:

@@ -276,3 +276,4 @@ def test_admission_lone_needs_a_low_recent_load_not_only_one_call_in_flight():
         a.release()
     a.admit()
     assert a.lone()
+
