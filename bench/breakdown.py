@@ -1,7 +1,7 @@
 """Where a request's server CPU goes, stage by stage: this project's server beside the naive one.
 
-    .venv/bin/python bench/breakdown.py [--cell decode_b1_c64 --cell encode_b1_c64]
-        [--variant "" --variant "--inline-max-rows 0 --parallel-batch-rows 1"] [--model-dir DIR]
+    .venv/bin/python bench/breakdown.py --model-dir DIR [--cell decode_b1_c64 --cell encode_b1_c64]
+        [--variant "" --variant "@../before"]     # "@DIR": `vae serve` from another checkout
 
 For each server in turn (the peers' `serve_naive.py`, then `vae serve` with each --variant's flags) and
 each cell, the peers' load generator drives the cell (as in bench/side_by_side.py) while this script
@@ -109,10 +109,10 @@ def _profile(pid: int, seconds: float, rate: int, out: Path) -> dict[str, collec
 
 
 def run_cell(label: str, cmd: list[str], target: str, port: int, cell: str, args: argparse.Namespace,
-             env: dict[str, str], out: Path) -> dict[str, object]:
+             env: dict[str, str], out: Path, server_env: dict[str, str] | None = None) -> dict[str, object]:
     peers = args.peers_dir.resolve()
     log = open(out / f"{label}-{cell}.server.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=peers, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=peers, env=server_env or env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     result = out / f"{label}-{cell}.json"
     try:
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", type=Path, required=True, help="a `vae export` folder (1x28x28)")
     p.add_argument("--cell", action="append", dest="cells", help="default: decode_b1_c64, encode_b1_c64")
     p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
-                   help='`vae serve` flags of one column (repeatable; default: "")')
+                   help='`vae serve` flags of one column (repeatable; default: ""); "@DIR FLAGS" runs '
+                        "`vae serve` from the checkout DIR (e.g. a worktree of an earlier commit)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--connections", type=int, default=8)
@@ -205,11 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                              args.out))
         for flags in args.variants if args.variants is not None else [""]:
             port = _free_port()
+            words = flags.split()
+            server_env = None
+            if words and words[0].startswith("@"):  # "@CHECKOUT FLAGS": vae serve from another checkout
+                checkout = Path(words.pop(0)[1:]).resolve()
+                server_env = {**env, "PYTHONPATH": str(checkout)}
             label = ("vae " + flags).strip() if flags else "vae (defaults)"
             cmd = [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(args.model_dir),
-                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *flags.split()]
-            rows.append(run_cell(label.replace(" ", "_").replace("(", "").replace(")", ""), cmd, "vae",
-                                 port, cell, args, env, args.out) | {"label": label})
+                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *words]
+            safe = "".join(ch if ch.isalnum() or ch in "-=" else "_" for ch in label)
+            rows.append(run_cell(safe, cmd, "vae", port, cell, args, env, args.out, server_env)
+                        | {"label": label})
     text = table(rows)
     print(f"{args.warmup} s warm-up + {args.duration} s per cell, py-spy over {max(1, args.duration - 3)} s "
           f"of it at {args.rate} Hz; {args.connections} connections; {os.cpu_count()} CPUs, load average "

@@ -4,6 +4,7 @@ One command prints the table of the serving issue with this project's column(s) 
 
     .venv/bin/python bench/serve.py --against-naive [--duration 8 --warmup 2 --repeat 3]
         [--connections 8] [--variant "" --variant "--processes 2"] [--model-dir DIR]
+        [--variant "@../before"]       # "@DIR FLAGS": `vae serve` from another checkout
 
 It uses ../shared/peers beside the checkout (or --peers-dir): `loadgen.py limit` for the in-process
 onnxruntime limit, then for each server in turn (never two at once) `loadgen.py run` with the same
@@ -81,12 +82,12 @@ def _loadgen(peers: Path, *args: str, env: dict[str, str], log: Path, timeout: f
 
 def run_server(label: str, cmd: list[str], peers: Path, target: str, port: int, model_dir: Path,
                args: argparse.Namespace, env: dict[str, str], out: Path,
-               metrics_port: int = 0) -> dict[str, Any]:
+               metrics_port: int = 0, server_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start one server, load it with every cell, stop it; the loadgen's JSON."""
     logs = out / "logs"
     server_log = open(logs / f"{label}.server.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=peers, env=env, stdout=server_log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=peers, env=server_env or env, stdout=server_log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     result = out / f"{label}.json"
     shares: dict[str, float] = {}
     try:
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="gRPC channels per cell, the same for every server "
                         "(SO_REUSEPORT spreads connections)")
     p.add_argument("--variant", action="append", dest="variants", metavar="FLAGS",
-                   help='`vae serve` flags of one column (repeatable; default: "" and "--processes 2")')
+                   help='`vae serve` flags of one column (repeatable; default: "" and "--processes 2"); '
+                        '"@DIR FLAGS" runs `vae serve` from the checkout DIR (an earlier commit\'s worktree)')
     p.add_argument("--cells", type=lambda s: s.split(","), default=CELLS)
     p.add_argument("--shared-connections", action="store_true",
                    help="run loadgen.py as it is: grpc then merges a cell's channels into one connection")
@@ -252,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
             peers, "naive", port, model_dir, args, env, out))
         for flags in variants:
             port, metrics_port = _free_port(), _free_port()
+            words = flags.split()
+            server_env = None
+            if words and words[0].startswith("@"):  # "@CHECKOUT FLAGS": vae serve from another checkout
+                server_env = {**env, "PYTHONPATH": str(Path(words.pop(0)[1:]).resolve())}
             label = ("vae serve " + flags).strip() if flags else "vae serve (defaults)"
             cmd = [sys.executable, "-m", "vae_cli.main", "serve", "--model-dir", str(model_dir), "--host",
-                   "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *flags.split()]
-            safe = label.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
+                   "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *words]
+            safe = "".join(ch if ch.isalnum() or ch == "=" else "_" for ch in label)
             runs.setdefault(label, []).append(run_server(f"{safe}-run{r}", cmd, peers, "vae", port,
-                                                         model_dir, args, env, out, metrics_port))
+                                                         model_dir, args, env, out, metrics_port,
+                                                         server_env))
     columns = {label: merge(docs) for label, docs in runs.items()}
     text = table(limit, columns)
     for label, docs in runs.items():
