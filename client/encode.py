@@ -8,9 +8,6 @@ refused instead of mixing latents."""
 
 from __future__ import annotations
 
-import asyncio
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +16,12 @@ import numpy as np
 
 from client.aio import AsyncVaeClient
 from client.channel import ChannelConfig
-from client.data import dataset_fingerprint
-from client.pinning import job_pin
-from client.runner import Outcome, connect, run_shards
+from client.chunked import parts_dir, run_chunked
+from client.runner import Outcome
 from client.shards import (
     ShardStore,
     atomic_write_bytes,
     atomic_write_json,
-    ensure_job_file,
     folder_lock,
     npz_bytes,
     select_shards,
@@ -36,10 +31,6 @@ from client.shards import (
 __all__ = ["EncodeJob", "run_encode", "JOB_KIND", "parts_dir"]
 
 JOB_KIND = "vae-encode-job"
-
-
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
 
 
 @dataclass(frozen=True)
@@ -96,48 +87,11 @@ def _assemble(job: EncodeJob, store: ShardStore, total: int, params: dict[str, A
 async def run_encode(job: EncodeJob, images: np.ndarray,
                      configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
     """Encode this process's chunks of `images`; returns (outcome, manifest, chunks skipped)."""
-    model, version = job_pin(parts_dir(job.out), job.model, job.version)
-    clients, info = await connect(configs, model=model, version=version)
-    try:
-        plan = await clients[0].plan()
-        plan.check_images(images[:1])  # a clear error before any work when the shapes differ
-        total = math.ceil(len(images) / job.chunk_size)
-        # The data's path is not pinned (the same data may be reached by another path); its bytes are.
-        params = {"data_fingerprint": dataset_fingerprint(images), "n": int(len(images)),
-                  "image_shape": list(images.shape[1:]), "chunk_size": job.chunk_size,
-                  "model_name": info.model_name, "model_version": info.model_version,
-                  "manifest_sha256": info.manifest_sha256, "model": info.model, "version": info.version}
-        folder = parts_dir(job.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        ensure_job_file(folder, JOB_KIND, params)
-        store = ShardStore(folder, prefix="chunk")
 
-        def bounds(k: int) -> tuple[int, int]:
-            return k * job.chunk_size, min(len(images), (k + 1) * job.chunk_size)
+    async def call(client: AsyncVaeClient, x: np.ndarray, c: int, index: np.ndarray) -> dict[str, np.ndarray]:
+        res = await client.encode(x)
+        return {"mu": res.mu, "logvar": res.logvar, "index": index}
 
-        def expect(k: int) -> dict[str, Any]:
-            a, b = bounds(k)
-            return {"shard": k, "start": a, "count": b - a}
-
-        async def work(client: AsyncVaeClient, k: int) -> int:
-            a, b = bounds(k)
-            res = await client.encode(images[a:b])
-            arrays = {"mu": res.mu, "logvar": res.logvar, "index": np.arange(a, b, dtype=np.int64)}
-            await asyncio.to_thread(store.write, k, arrays, expect(k))
-            return b - a
-
-        mine = select_shards(total, job.num_shards, job.shard_index)
-        verified = await asyncio.to_thread(lambda: [k for k in mine if store.verify(k, expect(k))])
-        todo = [k for k in mine if k not in set(verified)]
-        if verified:
-            print(f"resuming: {len(verified)} of {len(mine)} chunks already done and verified",
-                  file=sys.stderr)
-        outcome = await run_shards(todo, work, clients, concurrency=job.concurrency, attempts=job.attempts,
-                                   total_images=sum(expect(k)["count"] for k in mine),
-                                   done_images=sum(expect(k)["count"] for k in verified),
-                                   progress=job.progress, desc="encode")
-        manifest = await asyncio.to_thread(_assemble, job, store, total, params)
-        return outcome, manifest, len(verified)
-    finally:
-        for c in clients:
-            await c.close()
+    return await run_chunked(job, images, configs, kind=JOB_KIND, desc="encode", call=call,
+                             assemble=lambda store, total, params, info: _assemble(job, store, total, params),
+                             extra_params={}, model=job.model, version=job.version)

@@ -9,9 +9,6 @@ size: chunk c draws its posterior noise from seed chunk_seed(seed, c), so a reru
 
 from __future__ import annotations
 
-import asyncio
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +17,14 @@ import numpy as np
 
 from client.aio import AsyncVaeClient
 from client.channel import ChannelConfig
-from client.data import dataset_fingerprint
+from client.chunked import parts_dir, run_chunked
 from client.histogram import histogram_png
 from client.messages import chunk_seed
-from client.pinning import job_pin
-from client.runner import Outcome, connect, run_shards
+from client.runner import Outcome
 from client.shards import (
     ShardStore,
     atomic_write_bytes,
     atomic_write_json,
-    ensure_job_file,
     folder_lock,
     select_shards,
     sha256_bytes,
@@ -40,10 +35,6 @@ __all__ = ["ScoreJob", "run_score", "JOB_KIND", "parts_dir", "summarise", "refer
 
 JOB_KIND = "vae-score-job"
 _QUANTILES = {"p01": 0.01, "p05": 0.05, "p50": 0.5, "p95": 0.95, "p99": 0.99}
-
-
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
 
 
 @dataclass(frozen=True)
@@ -135,53 +126,17 @@ def _assemble(job: ScoreJob, store: ShardStore, total: int, params: dict[str, An
 
 async def run_score(job: ScoreJob, images: np.ndarray,
                     configs: list[ChannelConfig]) -> tuple[Outcome, dict[str, Any], int]:
-    """Score this process's chunks of `images`; returns (outcome, manifest, chunks skipped)."""
-    # Pinned like `vae encode`: a resumed job, or another shard process, stays on the version the job
-    # started on (scores of two versions are not comparable).
-    model, version = job_pin(parts_dir(job.out), "", "")
-    clients, info = await connect(configs, model=model, version=version)
-    try:
-        plan = await clients[0].plan()
-        plan.check_images(images[:1])
-        total = math.ceil(len(images) / job.chunk_size)
-        params = {"data_fingerprint": dataset_fingerprint(images), "n": int(len(images)),
-                  "image_shape": list(images.shape[1:]), "chunk_size": job.chunk_size, "k": job.k,
-                  "seed": job.seed, "model_name": info.model_name, "model_version": info.model_version,
-                  "manifest_sha256": info.manifest_sha256, "model": info.model, "version": info.version}
-        folder = parts_dir(job.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        ensure_job_file(folder, JOB_KIND, params)
-        store = ShardStore(folder, prefix="chunk")
+    """Score this process's chunks of `images`; returns (outcome, manifest, chunks skipped).
+    Pinned like `vae encode`: scores of two versions are not comparable."""
 
-        def bounds(c: int) -> tuple[int, int]:
-            return c * job.chunk_size, min(len(images), (c + 1) * job.chunk_size)
+    async def call(client: AsyncVaeClient, x: np.ndarray, c: int, index: np.ndarray) -> dict[str, np.ndarray]:
+        res = await client.score(x, k=job.k, seed=chunk_seed(job.seed, c))
+        arrays = {"elbo": res.elbo, "log_px": res.log_px, "kl": res.kl, "index": index}
+        if res.iwae is not None:
+            arrays["iwae"] = res.iwae
+        return arrays
 
-        def expect(c: int) -> dict[str, Any]:
-            a, b = bounds(c)
-            return {"shard": c, "start": a, "count": b - a}
-
-        async def work(client: AsyncVaeClient, c: int) -> int:
-            a, b = bounds(c)
-            res = await client.score(images[a:b], k=job.k, seed=chunk_seed(job.seed, c))
-            arrays = {"elbo": res.elbo, "log_px": res.log_px, "kl": res.kl,
-                      "index": np.arange(a, b, dtype=np.int64)}
-            if res.iwae is not None:
-                arrays["iwae"] = res.iwae
-            await asyncio.to_thread(store.write, c, arrays, expect(c))
-            return b - a
-
-        mine = select_shards(total, job.num_shards, job.shard_index)
-        verified = await asyncio.to_thread(lambda: [c for c in mine if store.verify(c, expect(c))])
-        todo = [c for c in mine if c not in set(verified)]
-        if verified:
-            print(f"resuming: {len(verified)} of {len(mine)} chunks already done and verified",
-                  file=sys.stderr)
-        outcome = await run_shards(todo, work, clients, concurrency=job.concurrency, attempts=job.attempts,
-                                   total_images=sum(expect(c)["count"] for c in mine),
-                                   done_images=sum(expect(c)["count"] for c in verified),
-                                   progress=job.progress, desc="score")
-        manifest = await asyncio.to_thread(_assemble, job, store, total, params, reference_of(info))
-        return outcome, manifest, len(verified)
-    finally:
-        for cl in clients:
-            await cl.close()
+    return await run_chunked(
+        job, images, configs, kind=JOB_KIND, desc="score", call=call,
+        assemble=lambda store, total, params, info: _assemble(job, store, total, params, reference_of(info)),
+        extra_params={"k": job.k, "seed": job.seed})
