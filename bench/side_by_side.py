@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run loadgen.py as it is: grpc then merges a cell's channels into one connection")
     p.add_argument("--out", type=Path, default=ROOT / ".bench" / "side-by-side")
     args = p.parse_args(argv)
+    # The peers' scripts run in their own folder: every path handed to them is made absolute here.
+    args.out = args.out.resolve()
     peers = args.peers_dir.resolve()
     if not (peers / "loadgen.py").exists() or not (peers / "serve_naive.py").exists():
         print(f"bench: the peers harness is absent ({peers} has no loadgen.py / serve_naive.py); the "
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = grey28(args.cache)
     else:
-        model_dir = args.model_dir
+        model_dir = args.model_dir.resolve()
     manifest = json.loads((model_dir / "manifest.json").read_text())
     if list(manifest["input_shape"]) != [1, 28, 28]:
         print(f"bench: the peers' load generator sends 1x28x28 images; {model_dir} takes "
