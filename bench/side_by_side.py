@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = grey28(args.cache)
     else:
-        model_dir = args.model_dir.resolve()
+        model_dir = args.model_dir
+    model_dir = model_dir.resolve()  # a relative --cache too
     manifest = json.loads((model_dir / "manifest.json").read_text())
     if list(manifest["input_shape"]) != [1, 28, 28]:
         print(f"bench: the peers' load generator sends 1x28x28 images; {model_dir} takes "
